@@ -1,0 +1,147 @@
+"""`sample()`: the one entry point that turns noise into samples with any solver by name.
+
+`steps` always counts model calls (NFE), whatever the solver, so settings compare fairly:
+Heun takes (steps + 1) // 2 grid steps (2N - 1 calls ending at sigma = 0), singlestep solvers use
+the official "fast" order pattern, and the adaptive solver ignores it (its calls are reported).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .guidance import CFG, ClassifierGuidance, Thresholded
+from .predictions import Denoiser, wrap
+from .processes import Process, get_process
+from .solvers.ddim import ddim
+from .solvers.dpm_solver import dpm_adaptive, dpm_multistep, dpm_singlestep, sde_dpmpp_2m
+from .solvers.edm import edm_sampler
+from .solvers.unipc import unipc
+from .spacing import make_grid
+
+__all__ = ["sample", "SOLVERS", "default_solver", "SolverSpec"]
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """How a solver name maps to a function: its default spacing and the orders it has."""
+
+    fn: object
+    spacing: str
+    orders: tuple
+    default_order: int | None
+    fixed: dict
+
+
+SOLVERS = {
+    "ddim": SolverSpec(ddim, "time", (1,), None, {}),
+    "dpm-solver": SolverSpec(dpm_multistep, "logsnr", (1, 2, 3), 3, {"form": "noise"}),
+    "dpm-solver-singlestep": SolverSpec(dpm_singlestep, "logsnr", (1, 2, 3), 3, {"form": "noise"}),
+    "dpm-solver-adaptive": SolverSpec(dpm_adaptive, "logsnr", (2, 3), 3, {"form": "noise"}),
+    "dpm++2m": SolverSpec(dpm_multistep, "logsnr", (2,), 2, {"form": "data"}),
+    "dpm++3m": SolverSpec(dpm_multistep, "logsnr", (3,), 3, {"form": "data"}),
+    "dpm++2s": SolverSpec(dpm_singlestep, "logsnr", (2,), 2, {"form": "data"}),
+    "dpm++3s": SolverSpec(dpm_singlestep, "logsnr", (3,), 3, {"form": "data"}),
+    "sde-dpm++2m": SolverSpec(sde_dpmpp_2m, "logsnr", (2,), None, {}),
+    "unipc": SolverSpec(unipc, "logsnr", (1, 2, 3), 2, {"variant": "bh2"}),
+    "unipc-bh1": SolverSpec(unipc, "logsnr", (1, 2, 3), 2, {"variant": "bh1"}),
+    "euler": SolverSpec(edm_sampler, "karras", (1,), None, {"heun": False}),
+    "heun": SolverSpec(edm_sampler, "karras", (2,), None, {"heun": True}),
+}
+
+
+def default_solver(process: Process) -> dict:
+    """The default setting per process (the most accurate measured by benchmarks/solvers.py)."""
+    return {"solver": "unipc", "order": 3, "spacing": "logsnr"}
+
+
+def _as_denoiser(model, process, prediction, sigma_data, model_dtype):
+    if isinstance(model, Denoiser) or hasattr(model, "process"):
+        return model
+    if process is None:
+        raise ValueError("sample(): give process= (a Process or a name such as 'vp', 'edm', 'flow') for a raw model")
+    return wrap(model, get_process(process), prediction, sigma_data=sigma_data, model_dtype=model_dtype)
+
+
+def sample(model, noise: Tensor, *, process=None, prediction: str = "eps", solver: str | None = None,
+           steps: int = 10, order: int | None = None, spacing=None, end: str = "zero", t_start=None, t_end=None,
+           rho: float = 7.0, cond: dict | None = None, uncond: dict | None = None, guidance_scale: float | None = None,
+           classifier=None, classifier_scale: float = 1.0, class_labels=None, thresholding: str | None = None,
+           threshold_ratio: float = 0.995, threshold_max: float = 1.0, sigma_data: float = 0.5,
+           model_dtype: torch.dtype | None = None, scale_noise: bool = True, generator: torch.Generator | None = None,
+           callback=None, progress: bool = False, return_nfe: bool = False, **solver_options):
+    """Samples from `model` starting at `noise` (N(0, I), scaled to the process's prior std).
+
+    model: a network (wrapped with `process` and `prediction`) or a denoiser.
+    solver: one of SOLVERS (default: `default_solver(process)`); steps: model calls;
+    order: the solver's order; spacing: a spacing name or a list of times (see spacing.py);
+    end: "zero" (last step to sigma = 0, no extra call), "t_min" (stop at t_end), or "denoise"
+    (stop at t_end and take one more call x0 = D(x, t_end), the official denoise_to_zero).
+    Guidance: cond / uncond dicts with guidance_scale (CFG), or class_labels with
+    guidance_scale (uncond = the null class, index num_classes, given as `uncond`), or a
+    classifier(x, t, y) -> log p(y|x_t) with classifier_scale. thresholding: "static" | "dynamic".
+    Returns the samples (and the model calls used when return_nfe=True).
+    """
+    D = _as_denoiser(model, process, prediction, sigma_data, model_dtype)
+    proc = D.process
+    if not isinstance(noise, Tensor) or noise.ndim < 1 or noise.shape[0] < 1:
+        raise ValueError("noise must be a tensor shaped [batch, ...]")
+    defaults = default_solver(proc)
+    name = solver or defaults["solver"]
+    if name not in SOLVERS:
+        raise ValueError(f"unknown solver {name!r}; known: {', '.join(SOLVERS)} (and 'consistency')")
+    spec = SOLVERS[name]
+    if order is None:
+        order = defaults["order"] if solver is None else spec.default_order
+    if order is not None and order not in spec.orders:
+        raise ValueError(f"solver {name!r} has orders {spec.orders}, not {order}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer (model calls), got {steps!r}")
+    if end not in ("zero", "t_min", "denoise"):
+        raise ValueError(f"end must be 'zero', 't_min' or 'denoise', got {end!r}")
+
+    cond = dict(cond or {})
+    if class_labels is not None:
+        cond["class_labels"] = class_labels
+    if guidance_scale is not None:
+        if uncond is None:
+            raise ValueError("guidance_scale needs uncond= (e.g. {'class_labels': null labels})")
+        D = CFG(D, guidance_scale, cond, uncond)
+        cond = {}
+    if classifier is not None:
+        if "class_labels" not in cond and class_labels is None:
+            raise ValueError("classifier guidance needs class_labels=")
+        D = ClassifierGuidance(D, classifier, cond.get("class_labels", class_labels), classifier_scale)
+    if thresholding is not None:
+        D = Thresholded(D, thresholding, threshold_ratio, threshold_max)
+
+    t0 = float(proc.t_max if t_start is None else t_start)
+    x = noise * (proc.prior_std(t0) if scale_noise else 1.0)
+    common = dict(cond=cond, callback=callback)
+    opts = {**spec.fixed, **solver_options}
+    if order is not None and name != "sde-dpm++2m":
+        opts["order"] = order
+    if spec.fn in (ddim, sde_dpmpp_2m, edm_sampler) and "generator" not in opts:
+        opts["generator"] = generator
+    grid_end = "t_min" if end in ("t_min", "denoise") else "zero"
+    if spec.fn is dpm_adaptive:
+        t1 = float(proc.t_min if t_end is None else t_end)
+        out = dpm_adaptive(D, x, t0, t1, **common, **opts)
+        nfe = D.last_nfe
+    else:
+        n = steps
+        if spec.fn is edm_sampler and opts.get("heun", True):
+            n = (steps + 1) // 2 if grid_end == "zero" else max(1, steps // 2)
+        sp = spacing if spacing is not None else spec.spacing
+        ts = make_grid(proc, n, sp, end=grid_end, t_start=t0, t_end=t_end, rho=rho)
+        out = spec.fn(D, x, ts, **common, progress=progress, **opts)
+        nfe = getattr(D, "last_nfe", None)
+        nfe = nfe if nfe is not None else steps
+    if end == "denoise":
+        t1 = torch.tensor(float(proc.t_min if t_end is None else t_end), dtype=torch.float64)
+        out = D(out, t1, **cond) * float(proc.alpha(0.0))
+        nfe += 1
+    return (out, nfe) if return_nfe else out
+

@@ -1,0 +1,81 @@
+"""What every solver shares: the grid's alpha / sigma / lambda, the model-call wrapper, phi functions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..progress import progress
+
+__all__ = ["Grid", "Model", "phis", "steps_iter"]
+
+
+@dataclass
+class Grid:
+    """alpha, sigma, lambda at each grid time as Python floats (float64 arithmetic)."""
+
+    ts: Tensor
+    alpha: list
+    sigma: list
+    lam: list
+
+    @classmethod
+    def of(cls, process, ts) -> "Grid":
+        ts = process.check(torch.as_tensor(ts, dtype=torch.float64).flatten())
+        if ts.numel() < 2 or not torch.all(ts[1:] < ts[:-1]):
+            raise ValueError("the time grid must hold at least 2 strictly decreasing times")
+        a, s = process.alpha_sigma(ts)
+        lam = [float(v) for v in process.lambda_(ts)]
+        return cls(ts, [float(v) for v in a], [float(v) for v in s], lam)
+
+    def __len__(self):
+        return self.ts.numel()
+
+
+class Model:
+    """Calls the denoiser at grid time index i (or any time t) with the solver's conditioning.
+
+    Gives x0 = D(x, t) and eps = (x - alpha x0) / sigma in x's dtype; counts calls in `.nfe`.
+    """
+
+    def __init__(self, denoiser: Callable, process, cond: dict | None = None):
+        self.denoiser = denoiser
+        self.process = process
+        self.cond = dict(cond or {})
+        self.nfe = 0
+
+    def x0(self, x: Tensor, t) -> Tensor:
+        self.nfe += 1
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return self.denoiser(x, t, **self.cond).to(x.dtype)
+
+    def data(self, x: Tensor, t, alpha: float, sigma: float, form: str) -> Tensor:
+        """The model output in the solver's form: x0 ("data") or eps ("noise")."""
+        x0 = self.x0(x, t)
+        return x0 if form == "data" else (x - alpha * x0) / sigma
+
+
+def phis(hh: float) -> tuple[float, float, float]:
+    """phi_1 = e^hh - 1, phi_2 = phi_1/hh - 1, phi_3 = phi_2/hh - 1/2 (DPM-Solver Taylor terms).
+
+    hh = -h in the data (DPM-Solver++) form and hh = h in the noise form; computed by series for
+    tiny |hh| to avoid cancellation.
+    """
+    if abs(hh) < 1e-4:
+        p1 = math.expm1(hh)
+        p2 = hh / 2 + hh**2 / 6 + hh**3 / 24
+        p3 = hh / 6 + hh**2 / 24 + hh**3 / 120
+        return p1, p2, p3
+    if math.isinf(hh):  # a step to sigma = 0 in the data form (hh = -inf)
+        return -1.0, -1.0, -0.5
+    p1 = math.expm1(hh)
+    p2 = p1 / hh - 1.0
+    return p1, p2, p2 / hh - 0.5
+
+
+def steps_iter(n: int, enabled: bool, desc: str):
+    return progress(range(n), total=n, desc=desc, enabled=enabled)
