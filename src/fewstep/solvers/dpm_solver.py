@@ -196,6 +196,9 @@ def dpm_singlestep(denoiser, x: Tensor, ts, *, orders=None, order: int = 3, form
     g = Grid.of(process, ts)
     n = len(g) - 1
     orders = list(orders) if orders is not None else fast_orders(n, order)
+    if g.sigma[-1] == 0.0 and orders and orders[-1] > 1:
+        # a step to sigma = 0 is first order (diffusers' final_sigmas_type="zero" does the same)
+        orders = orders[:-1] + [orders[-1] - 1, 1]
     if sum(orders) != n or any(o not in (1, 2, 3) for o in orders):
         raise ValueError(f"orders {orders} must be in 1..3 and sum to the {n} steps of the grid")
     model = Model(denoiser, process, cond)
