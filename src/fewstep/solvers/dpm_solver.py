@@ -153,9 +153,9 @@ def _single_update(model: Model, process, x: Tensor, s: float, t: float, m_s: Te
     A_t, B_t, _, sg_t = coefs(t)
     p1, p2, _ = phis(sign * h)
     if sg_t == 0.0:  # exact last step to sigma = 0
-        a_t = coefs(t)[2]
-        x0 = m_s if form == "data" else (x - coefs(s)[2] * m_s) / coefs(s)[3]
-        return a_t * x0, []
+        _, _, a_s, s_s = coefs(s)
+        x0 = m_s if form == "data" else (x - s_s * m_s) / a_s
+        return coefs(t)[2] * x0, []
     if k == 1:
         return (A_t / A_s) * x - (B_t * p1) * m_s, []
     if mids:

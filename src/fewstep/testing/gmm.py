@@ -135,6 +135,8 @@ class GaussianMixture:
     def _components(self, x: Tensor, a: Tensor, s: Tensor, y=None):
         """Per-component (log r_k unnormalised, residual x - a mu_k, total variance) at coefficients a, s."""
         B = x.shape[0]
+        if math.prod(x.shape[1:]) != self.d:
+            raise ValueError(f"samples of shape {tuple(x.shape[1:])} do not match the mixture's shape {self.shape}")
         xf = x.reshape(B, -1).to(torch.float64)
         a = a.reshape(-1, 1, 1).to(torch.float64)
         s = s.reshape(-1, 1, 1).to(torch.float64)
