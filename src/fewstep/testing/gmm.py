@@ -218,7 +218,7 @@ class GaussianMixture:
             x0 = self.x0(x, t, proc)
             if y is not None:
                 x0c = self.x0(x, t, proc, y)
-                x0 = torch.where(_bcast(uncond, x0), x0, x0c)
+                x0 = torch.where(uncond.reshape(-1, *([1] * (x0.ndim - 1))), x0, x0c)
             return from_x0(x0, kind, x, t, proc, sigma_data)
 
         return model
