@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..progress import progress
 
-__all__ = ["Grid", "Model", "phis", "steps_iter"]
+__all__ = ["Grid", "Model", "phis", "steps_iter", "final_order", "record_nfe"]
 
 
 @dataclass
@@ -79,3 +79,20 @@ def phis(hh: float) -> tuple[float, float, float]:
 
 def steps_iter(n: int, enabled: bool, desc: str):
     return progress(range(n), total=n, desc=desc, enabled=enabled)
+
+
+def final_order(order: int, i: int, n: int, lower_order_final) -> int:
+    """Order of step i of n with lower-order final steps: True (always), False, or an int N (only
+    when n < N: the official DPM-Solver uses 10, diffusers 15)."""
+    if lower_order_final is True or (lower_order_final and not isinstance(lower_order_final, bool)
+                                     and n < lower_order_final):
+        return min(order, n - i)
+    return order
+
+
+def record_nfe(denoiser, model: Model) -> None:
+    """Record the number of model calls of the last solve on the denoiser (`last_nfe`)."""
+    try:
+        denoiser.last_nfe = model.nfe
+    except AttributeError:
+        pass

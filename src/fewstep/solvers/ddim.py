@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from .common import Grid, Model, steps_iter
+from .common import Grid, Model, record_nfe, steps_iter
 
 __all__ = ["ddim"]
 
@@ -40,8 +40,5 @@ def ddim(denoiser, x: Tensor, ts, *, eta: float = 0.0, generator: torch.Generato
         if c > 0:
             z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
             x = x + c * z
-    try:
-        denoiser.last_nfe = model.nfe
-    except AttributeError:
-        pass
+    record_nfe(denoiser, model)
     return x

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-from .common import Grid, Model, phis, steps_iter
+from .common import Grid, Model, final_order, phis, record_nfe, steps_iter
 
 __all__ = ["dpm_multistep", "dpm_singlestep", "dpm_adaptive", "sde_dpmpp_2m", "fast_orders"]
 
@@ -36,15 +36,6 @@ def _check_form(form: str, solver_type: str):
         raise ValueError(f"form must be 'data' (DPM-Solver++) or 'noise' (DPM-Solver), got {form!r}")
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
-
-
-def _final_order(order: int, i: int, n: int, lower_order_final) -> int:
-    """Order of step i of n with lower-order final steps: True (always), False, or an int N (only
-    when n < N: the official DPM-Solver uses 10, diffusers 15)."""
-    if lower_order_final is True or (lower_order_final and not isinstance(lower_order_final, bool)
-                                     and n < lower_order_final):
-        return min(order, n - i)
-    return order
 
 
 def dpm_multistep(denoiser, x: Tensor, ts, *, order: int = 2, form: str = "data", solver_type: str = "midpoint",
@@ -76,7 +67,7 @@ def dpm_multistep(denoiser, x: Tensor, ts, *, order: int = 2, form: str = "data"
         if g.sigma[i + 1] == 0.0:
             x = g.alpha[i + 1] * x0
             continue
-        k = min(_final_order(order, i, n, lower_order_final), len(hist))
+        k = min(final_order(order, i, n, lower_order_final), len(hist))
         h = g.lam[i + 1] - g.lam[i]
         hh = -h if form == "data" else h
         p1, p2, p3 = phis(hh)
@@ -100,16 +91,8 @@ def dpm_multistep(denoiser, x: Tensor, ts, *, order: int = 2, form: str = "data"
                 w2 = p3 if diffusers_3m else 2.0 * p3
                 out = out - (B_t * p2) * d1 - (B_t * w2) * d2
         x = out
-    denoiser_nfe(denoiser, model)
+    record_nfe(denoiser, model)
     return x
-
-
-def denoiser_nfe(denoiser, model: Model) -> None:
-    """Record the number of model calls of the last solve on the denoiser (`last_nfe`)."""
-    try:
-        denoiser.last_nfe = model.nfe
-    except AttributeError:
-        pass
 
 
 def fast_orders(steps: int, order: int) -> list[int]:
@@ -128,17 +111,13 @@ def fast_orders(steps: int, order: int) -> list[int]:
     return [3] * k + ([1] if steps % 3 == 1 else [2])
 
 
-def _taylor_point(x, m_s, A_ratio, B, hh):
-    """First-order (DDIM) move with model output m_s: (A_u/A_s) x - B_u phi_1(hh_u) m_s."""
-    return A_ratio * x - (B * phis(hh)[0]) * m_s
-
-
 def _single_update(model: Model, process, x: Tensor, s: float, t: float, m_s: Tensor, k: int, form: str,
                    solver_type: str, mids: tuple = ()):
     """One singlestep update of order k from time s to t, given m_s = m(x, s).
 
     Intermediate times: `mids` (times inside (t, s)) or, when empty, the lambda points at
-    r1 = 1/2 (order 2) or r1 = 1/3, r2 = 2/3 (order 3). Returns (x_t, list of intermediate m's).
+    r1 = 1/2 (order 2) or r1 = 1/3, r2 = 2/3 (order 3). Returns (x_t, intermediate m's); for order 3
+    the list ends with the second-order solution that shares the call at r1 (DPM-Solver-23).
     """
     ts = torch.tensor([s, t], dtype=torch.float64)
     lam_s, lam_t = (float(v) for v in process.lambda_(ts))
@@ -177,7 +156,10 @@ def _single_update(model: Model, process, x: Tensor, s: float, t: float, m_s: Te
     q1, q2, _ = phis(sign * r[1] * h)
     u2 = (A2 / A_s) * x - (B2 * q1) * m_s - (B2 * q2 * r[1] / r[0]) * (m1 - m_s)
     m2 = model.data(u2, t_mid[1], a2, s2, form)
-    return (A_t / A_s) * x - (B_t * p1) * m_s - (B_t * p2 / r[1]) * (m2 - m_s), [m1, m2]
+    x_t = (A_t / A_s) * x - (B_t * p1) * m_s - (B_t * p2 / r[1]) * (m2 - m_s)
+    # the second-order (midpoint) solution from the same call at r1, the adaptive solver's lower order
+    x_low = (A_t / A_s) * x - (B_t * p1) * m_s - (B_t * p1 * 0.5 / r[0]) * (m1 - m_s)
+    return x_t, [m1, m2, x_low]
 
 
 def dpm_singlestep(denoiser, x: Tensor, ts, *, orders=None, order: int = 3, form: str = "noise",
@@ -213,7 +195,7 @@ def dpm_singlestep(denoiser, x: Tensor, ts, *, orders=None, order: int = 3, form
         mids = tuple(float(v) for v in g.ts[p + 1:p + k])
         x, _ = _single_update(model, process, x, s, t, m_s, k, form, solver_type, mids)
         p += k
-    denoiser_nfe(denoiser, model)
+    record_nfe(denoiser, model)
     return x
 
 
@@ -249,7 +231,8 @@ def dpm_adaptive(denoiser, x: Tensor, t_start: float, t_end: float, *, order: in
             x_low, _ = _single_update(model, process, x, s, t, m_s, 1, form, "midpoint")
             x_high, _ = _single_update(model, process, x, s, t, m_s, 2, form, "midpoint")
         else:
-            x_low, x_high = _adaptive_23(model, process, x, s, t, m_s, form)
+            x_high, extra = _single_update(model, process, x, s, t, m_s, 3, form, "midpoint")
+            x_low = extra[-1]
         delta = torch.clamp(rtol * torch.maximum(x_low.abs(), x_prev.abs()), min=atol)
         err = ((x_high - x_low) / delta).pow(2).flatten(1).mean(1).sqrt().max().item()
         if err <= 1.0:
@@ -257,35 +240,8 @@ def dpm_adaptive(denoiser, x: Tensor, t_start: float, t_end: float, *, order: in
                 callback(model.nfe, s, x, x0)
             x, x_prev, s, lam_s = x_high, x_low, t, float(process.lambda_(t))
         h = min(theta * h * max(err, 1e-12) ** (-1.0 / order), lam_0 - lam_s)
-    denoiser_nfe(denoiser, model)
+    record_nfe(denoiser, model)
     return x
-
-
-def _adaptive_23(model: Model, process, x, s, t, m_s, form):
-    """DPM-Solver-2 (r1 = 1/3) and DPM-Solver-3 (r1, r2 = 1/3, 2/3) sharing the call at r1."""
-    lam_s, lam_t = (float(v) for v in process.lambda_(torch.tensor([s, t], dtype=torch.float64)))
-    h = lam_t - lam_s
-    sign = -1.0 if form == "data" else 1.0
-    r1, r2 = 1.0 / 3.0, 2.0 / 3.0
-    tm = [float(process.t_of_lambda(torch.tensor(lam_s + r * h, dtype=torch.float64))) for r in (r1, r2)]
-
-    def coefs(u):
-        a, sg = (float(v) for v in process.alpha_sigma(torch.tensor(u, dtype=torch.float64)))
-        return (sg, a, a, sg) if form == "data" else (a, sg, a, sg)
-
-    A_s = coefs(s)[0]
-    A_t, B_t, _, _ = coefs(t)
-    p1, p2, _ = phis(sign * h)
-    A1, B1, a1, s1 = coefs(tm[0])
-    u1 = (A1 / A_s) * x - (B1 * phis(sign * r1 * h)[0]) * m_s
-    m1 = model.data(u1, tm[0], a1, s1, form)
-    x_low = (A_t / A_s) * x - (B_t * p1) * m_s - (B_t * p1 * 0.5 / r1) * (m1 - m_s)
-    A2, B2, a2, s2 = coefs(tm[1])
-    q1, q2, _ = phis(sign * r2 * h)
-    u2 = (A2 / A_s) * x - (B2 * q1) * m_s - (B2 * q2 * r2 / r1) * (m1 - m_s)
-    m2 = model.data(u2, tm[1], a2, s2, form)
-    x_high = (A_t / A_s) * x - (B_t * p1) * m_s - (B_t * p2 / r2) * (m2 - m_s)
-    return x_low, x_high
 
 
 def sde_dpmpp_2m(denoiser, x: Tensor, ts, *, generator: torch.Generator | None = None, solver_type: str = "midpoint",
@@ -311,7 +267,7 @@ def sde_dpmpp_2m(denoiser, x: Tensor, ts, *, generator: torch.Generator | None =
         h = g.lam[i + 1] - g.lam[i]
         em = -math.expm1(-2.0 * h)  # 1 - e^-2h
         out = (g.sigma[i + 1] / g.sigma[i] * math.exp(-h)) * x + (g.alpha[i + 1] * em) * x0
-        k = min(_final_order(2, i, n, lower_order_final), 1 if prev is None else 2)
+        k = min(final_order(2, i, n, lower_order_final), 1 if prev is None else 2)
         if k == 2:
             r0 = (g.lam[i] - prev[0]) / h
             d1 = (x0 - prev[1]) / r0
@@ -320,5 +276,5 @@ def sde_dpmpp_2m(denoiser, x: Tensor, ts, *, generator: torch.Generator | None =
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
         x = out + (g.sigma[i + 1] * math.sqrt(em)) * z
         prev = (g.lam[i], x0)
-    denoiser_nfe(denoiser, model)
+    record_nfe(denoiser, model)
     return x

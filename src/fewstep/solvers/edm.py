@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from .common import Grid, Model, steps_iter
+from .common import Grid, Model, record_nfe, steps_iter
 
 __all__ = ["edm_sampler"]
 
@@ -56,8 +56,5 @@ def edm_sampler(denoiser, x: Tensor, ts, *, heun: bool = True, S_churn: float = 
             d2, _ = d_at(x_next, s_next, g.ts[i + 1])
             x_next = xt + (s_next - s_cur) * 0.5 * (d + d2)
         xt = x_next
-    try:
-        denoiser.last_nfe = model.nfe
-    except AttributeError:
-        pass
+    record_nfe(denoiser, model)
     return xt * g.alpha[-1]

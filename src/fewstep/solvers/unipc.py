@@ -16,8 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from .common import Grid, Model, steps_iter
-from .dpm_solver import _final_order, denoiser_nfe
+from .common import Grid, Model, final_order, record_nfe, steps_iter
 
 __all__ = ["unipc"]
 
@@ -91,8 +90,8 @@ def unipc(denoiser, x: Tensor, ts, *, order: int = 2, variant: str = "bh2", form
         if g.sigma[i + 1] == 0.0:
             x = g.alpha[i + 1] * x0
             continue
-        k = min(_final_order(order, i, n, lower_order_final), len(hist))
+        k = min(final_order(order, i, n, lower_order_final), len(hist))
         x_prev, k_prev = x, k
         x = _update(x, hist, g, i, k, form, variant, None)
-    denoiser_nfe(denoiser, model)
+    record_nfe(denoiser, model)
     return x
