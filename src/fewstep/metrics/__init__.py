@@ -24,11 +24,14 @@ from .features import (
     extract_features,
     find_inception_weights,
 )
+from .classifier import SHIPPED_CLASSIFIERS, ClassifierFeatures, SmallClassifier
 from .frechet import feature_statistics, frechet_distance, frechet_distance_from_features, trace_sqrt_product
 from .precision_recall import PrecisionRecall, knn_radii, manifold_coverage, precision_recall
 from .timing import CallCounter, Stopwatch, synchronize, time_per_sample
 
 __all__ = [
+    # offline extractors shipped with the package
+    "ClassifierFeatures", "SmallClassifier", "SHIPPED_CLASSIFIERS",
     # frechet
     "feature_statistics", "frechet_distance", "frechet_distance_from_features", "trace_sqrt_product",
     # features
