@@ -85,6 +85,9 @@ def test_denoiser_scalar_time_dtype_and_shape_errors():
     out = D(x, 0.5, class_labels=torch.tensor([1, 2, 3, 4]))
     assert out.dtype == torch.float32
     assert calls[0][0] == torch.bfloat16 and calls[0][1] == (4,) and "class_labels" in calls[0][2]
+    times = []
+    Denoiser(lambda x, t: times.append(t) or torch.zeros_like(x), p, "eps", model_dtype=torch.bfloat16)(x, 1.0)
+    assert times[0].dtype == torch.float32 and float(times[0][0]) == 999.0  # not rounded to bf16
     a = float(p.alpha(0.5))
     assert torch.allclose(out, x / a, rtol=1e-5)  # eps = 0 => x0 = x / alpha
     with pytest.raises(ValueError, match="returned shape"):

@@ -224,6 +224,7 @@ def test_bad_input_is_refused():
         sample(D, torch.randn(2, 5, dtype=torch.float64))
     with pytest.raises(ValueError, match="give process"):
         sample(lambda x, t: x, noise)
+    assert sample(D, noise, solver="euler", order=1, steps=3).shape == noise.shape
     with pytest.raises(ValueError, match="end must be"):
         sample(D, noise, end="sigma_min")
     with pytest.raises(ValueError, match="strictly decreasing"):

@@ -167,7 +167,9 @@ class Denoiser:
         dtype = self.model_dtype or x.dtype
         kwargs = {**self.model_kwargs, **cond}
         self.calls += 1
-        out = self.model(x_in.to(dtype), t_in.to(dtype if dtype.is_floating_point else x.dtype), **kwargs)
+        # the time input stays at least float32: bf16 would round timestep 999 to 1000
+        t_dtype = torch.promote_types(dtype, torch.float32)
+        out = self.model(x_in.to(dtype), t_in.to(t_dtype), **kwargs)
         if out.shape != x.shape:
             raise ValueError(f"the model returned shape {tuple(out.shape)} for an input of shape {tuple(x.shape)}")
         return out.to(x.dtype)

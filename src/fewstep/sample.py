@@ -121,7 +121,7 @@ def sample(model, noise: Tensor, *, process=None, prediction: str = "eps", solve
     x = noise * (proc.prior_std(t0) if scale_noise else 1.0)
     common = dict(cond=cond, callback=callback)
     opts = {**spec.fixed, **solver_options}
-    if order is not None and name != "sde-dpm++2m":
+    if order is not None and spec.default_order is not None:  # solvers with a choice of order take it
         opts["order"] = order
     if spec.fn in (ddim, sde_dpmpp_2m, edm_sampler) and "generator" not in opts:
         opts["generator"] = generator
