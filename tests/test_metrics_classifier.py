@@ -29,3 +29,14 @@ def test_missing_classifier_names_the_path(tmp_path):
         ClassifierFeatures("cifar10")
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         ClassifierFeatures("digits", path=tmp_path / "x.safetensors")
+
+
+def test_shipped_fashion_classifier():
+    import os
+
+    if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    te = load_dataset("fashion-mnist", split="test")
+    f = ClassifierFeatures("fashion-mnist")
+    acc = (f.predict(te.images[:2000]) == te.labels[:2000]).float().mean().item()
+    assert acc > 0.85
