@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=_demo)
     s = sub.add_parser("solvers", help="list the solvers")
     s.set_defaults(fn=_solvers)
+    from .training.cli import add_train_parser
+
+    add_train_parser(sub)
     return p
 
 
