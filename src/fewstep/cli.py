@@ -45,6 +45,14 @@ def _solvers(args) -> int:
     return 0
 
 
+def _models(args) -> int:
+    from .pretrained import shipped_models
+
+    for name in shipped_models():
+        print(name)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fewstep", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -56,9 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=_demo)
     s = sub.add_parser("solvers", help="list the solvers")
     s.set_defaults(fn=_solvers)
+    from .commands import bench, evaluate, sample
     from .training.cli import add_train_parser
 
     add_train_parser(sub)
+    sample.add_parser(sub)
+    evaluate.add_parser(sub)
+    bench.add_parser(sub)
+    m = sub.add_parser("models", help="list the models shipped in the package")
+    m.set_defaults(fn=_models)
     return p
 
 

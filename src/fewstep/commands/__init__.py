@@ -1,0 +1,1 @@
+"""The product commands behind `fewstep sample | eval | bench | demo` (one module each)."""

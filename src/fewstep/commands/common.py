@@ -1,0 +1,84 @@
+"""Helpers the commands share: run directories, labels for conditional models, generation."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ..sample import sample
+
+__all__ = ["run_dir", "write_json", "generate", "add_sampling_arguments", "sampling_options"]
+
+
+def run_dir(out, kind: str) -> Path:
+    """OUT or runs/<kind>-<timestamp>, created."""
+    path = Path(out) if out else Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_json(path, obj) -> Path:
+    from ..training.checkpoint import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(obj, indent=1, default=str))
+
+
+def add_sampling_arguments(p) -> None:
+    p.add_argument("--solver", default=None, help="solver name (`fewstep solvers` lists them; default: the "
+                                                  "benchmark's best per process); 'consistency' for students")
+    p.add_argument("--steps", type=int, default=10, help="model calls (NFE) per sample")
+    p.add_argument("--order", type=int, default=None, help="solver order (default: the solver's)")
+    p.add_argument("--spacing", default=None, help="step spacing: logsnr, time, quadratic, karras, linspace, ...")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale for class-conditional models (1 = conditional)")
+    p.add_argument("--class", dest="label", type=int, default=None,
+                   help="class label to sample (conditional models; default: labels spread over all classes)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise and labels")
+    p.add_argument("--batch-size", type=int, default=256, help="samples per solver call")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
+def sampling_options(args) -> dict:
+    if args.steps < 1:
+        raise ValueError(f"steps must be a positive integer (model calls), got {args.steps}")
+    opts = {"solver": args.solver, "steps": args.steps, "order": args.order}
+    if args.spacing:
+        opts["spacing"] = args.spacing
+    return opts
+
+
+def generate(D, n: int, *, seed: int = 0, label=None, guidance=None, batch_size: int = 256, device="cpu",
+             progress: bool = True, **opts):
+    """n samples from a loaded model (conditional models get labels spread over the classes, or
+    `label`; guidance > 1 uses CFG with the null class). Returns (samples, labels, nfe, seconds)."""
+    from ..progress import progress as bar
+
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(n, *D.sample_shape, generator=g)
+    labels = None
+    if D.num_classes:
+        labels = (torch.full((n,), label) if label is not None else torch.arange(n) % D.num_classes).long()
+        if label is not None and not (0 <= label < D.num_classes):
+            raise ValueError(f"--class must be in 0..{D.num_classes - 1}")
+    elif label is not None or guidance is not None:
+        raise ValueError("this model is unconditional: --class / --guidance do not apply")
+    outs, nfe = [], 0
+    t0 = time.perf_counter()
+    for i in bar(range(0, n, batch_size), total=(n + batch_size - 1) // batch_size, desc="sampling",
+                 enabled=progress):
+        z = noise[i:i + batch_size].to(device)
+        kw = dict(opts)
+        if labels is not None:
+            y = labels[i:i + batch_size].to(device)
+            kw["class_labels"] = y
+            if guidance is not None and guidance != 1.0:
+                kw["uncond"] = {"class_labels": torch.full_like(y, D.num_classes)}
+                kw["guidance_scale"] = guidance
+        with torch.no_grad():
+            x, nfe = sample(D, z, return_nfe=True, **kw)
+        outs.append(x.float().cpu())
+    seconds = time.perf_counter() - t0
+    return torch.cat(outs), labels, nfe, seconds

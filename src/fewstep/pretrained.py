@@ -1,0 +1,86 @@
+"""Load trained models as denoisers: from a training checkpoint, a run directory, or a shipped name.
+
+    D = load_denoiser("runs/digits-teacher")      # latest checkpoint of a run, EMA weights
+    D = load_denoiser("digits-teacher")           # shipped in the package (assets/models/)
+    x = fewstep.sample(D, torch.randn(16, *D.sample_shape), steps=10)
+
+Shipped models are training checkpoints reduced to the EMA weights (safetensors) and their JSON
+config, written by `scripts/ship_model.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .predictions import Denoiser, wrap
+
+__all__ = ["load_denoiser", "shipped_models", "SHIPPED_DIR", "LoadedModel"]
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "models"
+
+
+def shipped_models() -> list[str]:
+    """Names of the models shipped in the package."""
+    return sorted(p.stem for p in SHIPPED_DIR.glob("*.json")) if SHIPPED_DIR.is_dir() else []
+
+
+class LoadedModel(Denoiser):
+    """A Denoiser that also knows its training config, sample shape and number of classes."""
+
+    config: dict
+    sample_shape: tuple
+    num_classes: int | None
+    source: str
+
+
+def _read(spec) -> tuple[dict, dict, str]:
+    """(meta, ema tensors, source) for a shipped name, a checkpoint JSON or a run directory."""
+    from safetensors.torch import load_file
+
+    from .training.checkpoint import load_checkpoint
+
+    if isinstance(spec, str) and spec in shipped_models():
+        meta = json.loads((SHIPPED_DIR / f"{spec}.json").read_text())
+        return meta, load_file(str(SHIPPED_DIR / f"{spec}.safetensors")), f"shipped:{spec}"
+    path = Path(spec)
+    if not path.exists():
+        names = ", ".join(shipped_models()) or "none"
+        raise FileNotFoundError(f"{spec!r} is neither a checkpoint / run directory nor a shipped model ({names})")
+    meta, tensors = load_checkpoint(path)
+    ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+    return meta, ema or {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, str(path)
+
+
+def load_denoiser(spec, device="cpu", model_dtype: torch.dtype | None = None) -> LoadedModel:
+    """The trained network at `spec` (EMA weights) wrapped as a denoiser on its process."""
+    from .models import build_model_from_config
+    from .training.config import TrainConfig, build_process
+
+    meta, weights, source = _read(spec)
+    cfg = TrainConfig.from_dict(meta["config"])
+    if not meta.get("model_config"):
+        raise ValueError(f"{source}: the checkpoint has no model config")
+    net = build_model_from_config(meta["model_config"])
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ValueError(f"{source}: weights do not fit the model config: {str(e).splitlines()[0]}") from None
+    net = net.to(device).eval().requires_grad_(False)
+    D = wrap(net, build_process(cfg.process, cfg.process_args), cfg.prediction, sigma_data=cfg.sigma_data,
+             model_dtype=model_dtype)
+    D.__class__ = LoadedModel
+    D.config = meta["config"]
+    mc = meta["model_config"]
+    D.sample_shape = tuple(meta.get("sample_shape") or _shape_of(mc))
+    D.num_classes = meta.get("num_classes")
+    D.source = source
+    return D
+
+
+def _shape_of(model_config: dict) -> tuple:
+    if "resolution" in model_config:
+        return (model_config["in_channels"], model_config["resolution"], model_config["resolution"])
+    return (model_config.get("dim") or model_config.get("in_dim") or model_config.get("in_channels"),)

@@ -1,0 +1,50 @@
+"""The command line end to end on a tiny training run, and its one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fewstep.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "digits-tiny", "steps=10", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_sample_eval_bench(tiny_run, tmp_path, capsys):
+    s = tmp_path / "s"
+    assert main(["sample", str(tiny_run), "--n", "12", "--steps", "4", "--out", str(s)]) == 0
+    png = (s / "samples.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    with np.load(s / "samples.npz") as f:
+        assert f["images"].shape == (12, 1, 8, 8) and f["labels"].tolist() == [i % 10 for i in range(12)]
+    assert main(["eval", str(s / "samples.npz"), "--dataset", "digits", "--out", str(tmp_path / "e")]) == 0
+    res = json.loads((tmp_path / "e" / "eval.json").read_text())["result"]
+    assert res["fd"] > 0 and 0 <= res["precision"] <= 1
+    assert main(["bench", str(tiny_run), "--n", "40", "--steps", "2,3", "--solvers", "ddim,unipc",
+                 "--out", str(tmp_path / "b")]) == 0
+    bench = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert len(bench["rows"]) == 4 and bench["recommendation"] is not None
+    assert "recommended:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["sample", "/nonexistent/run"], "neither a checkpoint"),
+    (["eval", "/nonexistent/x.npz", "--dataset", "digits"], "does not exist"),
+    (["bench", "RUN", "--solvers", "dpm++9m"], "unknown solver"),
+    (["bench", "RUN", "--steps", "0,3"], "positive integers"),
+    (["sample", "RUN", "--steps", "0"], "steps must be a positive integer"),
+    (["sample", "RUN", "--class", "12"], "--class must be in"),
+    (["eval", "NPZ", "--dataset", "digits"], "do not match"),
+])
+def test_bad_input_is_one_line(tiny_run, tmp_path, capsys, argv, msg):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, images=np.zeros((4, 1, 9, 9), np.float32))
+    argv = [str(tiny_run) if a == "RUN" else str(bad) if a == "NPZ" else a for a in argv]
+    assert main(argv + ["--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and len(err.splitlines()) == 1 and "Traceback" not in err
