@@ -4,8 +4,18 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from fewstep.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small models: one intra-op thread is faster and immune to a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +58,27 @@ def test_bad_input_is_one_line(tiny_run, tmp_path, capsys, argv, msg):
     assert main(argv + ["--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert msg in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_demo_pipeline_end_to_end_tiny(tmp_path, capsys):
+    """The README's main job with tiny budgets: teacher -> DPM-Solver++ -> sCD student -> report."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--teacher-steps", "6", "--distill-steps", "4", "--n", "40", "--out", str(out),
+                 "--no-progress"]) == 0
+    report = (out / "report.md").read_text()
+    assert "| teacher | dpm++2m | 10 |" in report and "| sCD student | consistency | 2 |" in report
+    for png in ("teacher_dpm++2m_10.png", "student_consistency_2.png", "student_consistency_1.png"):
+        assert (out / png).read_bytes().startswith(b"\x89PNG")
+    rows = json.loads((out / "demo.json").read_text())["rows"]
+    assert all(r["fd"] > 0 and r["ms_per_sample"] > 0 for r in rows)
+    # interrupted demos resume from their checkpoints: a second run only re-evaluates
+    assert main(["demo", "--teacher-steps", "6", "--distill-steps", "4", "--n", "40", "--out", str(out),
+                 "--no-progress", "--resume"]) == 0
+    assert "resumed at step 6" in capsys.readouterr().out
+    assert main(["demo", "--teacher-steps", "0", "--out", str(out)]) == 2
+
+
+def test_demo_oracle_table(capsys):
+    assert main(["demo", "--oracle", "--steps", "4,8"]) == 0
+    out = capsys.readouterr().out
+    assert "default" in out and "dpm++2m" in out

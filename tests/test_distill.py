@@ -12,6 +12,7 @@ from fewstep.distill import (SCMConfig, SCMLoss, TeacherVelocity, TrigFlowModel,
                              consistency_sample, consistency_times, copy_student, distill, init_from_teacher,
                              model_tangent, normalize_tangent, sample_t, scm_tangent, tangent_warmup,
                              trigflow_to_process)
+from fewstep import sample
 from fewstep.models import build_model, get_config
 from fewstep.predictions import PREDICTIONS, wrap
 from fewstep.processes import EDM, VE, Flow, TrigFlow, VPCosine, VPDiscrete, VPLinear
@@ -342,6 +343,17 @@ def test_consistency_sampling_one_two_and_custom_steps():
         torch.testing.assert_close(consistency(D, sd * noise, ts, generator=torch.Generator().manual_seed(1)), two,
                                    atol=1e-6, rtol=1e-6)
         assert D.last_nfe == 2
+        # ... and through fewstep.sample(solver="consistency"): default grid, custom list, model-call count
+        via, nfe = sample(D, noise, solver="consistency", steps=2, generator=torch.Generator().manual_seed(1),
+                          return_nfe=True)
+        torch.testing.assert_close(via, two)
+        assert nfe == 2
+        torch.testing.assert_close(sample(D, noise, solver="consistency", spacing=[t_max, 1.1],
+                                          generator=torch.Generator().manual_seed(1)), two)
+        torch.testing.assert_close(sample(D, noise, solver="consistency", steps=1), one)
+        for bad in (dict(order=2), dict(spacing="logsnr"), dict(end="t_min"), dict(steps=0)):
+            with pytest.raises(ValueError):
+                sample(D, noise, solver="consistency", **{"steps": 2, **bad})
     torch.testing.assert_close(consistency_times(1), torch.tensor([t_max, 0.0], dtype=torch.float64))
     torch.testing.assert_close(consistency_times(4), torch.tensor([t_max, 1.1, 1.1 * 2 / 3, 1.1 / 3, 0.0],
                                                                   dtype=torch.float64))

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from fewstep import sample
-from fewstep.processes import EDM, Flow, TrigFlow, VPDiscrete, VPLinear
+from fewstep.processes import EDM, VE, Flow, TrigFlow, VPCosine, VPDiscrete, VPLinear
+from fewstep.sample import SOLVERS, default_solver
 from fewstep.solvers import ddim, dpm_adaptive, dpm_multistep, dpm_singlestep, edm_sampler, sde_dpmpp_2m, unipc
 from fewstep.solvers.dpm_solver import fast_orders
-from fewstep.spacing import make_grid
+from fewstep.spacing import make_grid, vp_power_kappa
 from fewstep.testing import GaussianMixture
 
 T_END = 0.05
@@ -237,7 +238,7 @@ def test_bad_input_is_refused():
 
 def test_spacings():
     p = VPDiscrete.linear()
-    for sp in ("logsnr", "time", "quadratic", "karras", "linspace", "leading", "trailing"):
+    for sp in ("logsnr", "time", "quadratic", "karras", "vp-power", "linspace", "leading", "trailing"):
         ts = make_grid(p, 10, sp)
         assert ts.numel() == 11 and float(ts[-1]) == 0.0 and torch.all(ts[1:] < ts[:-1]), sp
         ts = make_grid(p, 10, sp, end="t_min")
@@ -253,3 +254,85 @@ def test_spacings():
     # diffusers' trailing grid: round(arange(N, 0, -N/n)) - 1
     tr = make_grid(p, 4, "trailing", end="zero")
     assert torch.allclose(p.model_time(tr[:-1]), torch.tensor([999.0, 749.0, 499.0, 249.0], dtype=torch.float64))
+
+
+ALL_PROCESSES = [VPDiscrete.linear(), VPDiscrete.cosine(), VPDiscrete.scaled_linear(), VPLinear(), VPCosine(), EDM(),
+                 VE(), Flow(), TrigFlow()]
+
+
+@pytest.mark.parametrize("process", ALL_PROCESSES, ids=repr)
+def test_vp_power_grid_on_every_process(process):
+    t_max, t_min = float(process.t_max), float(process.t_min)
+    for steps in range(1, 26):
+        z = make_grid(process, steps, "vp-power")
+        m = make_grid(process, steps, "vp-power", end="t_min")
+        for ts in (z, m):
+            assert ts.dtype == torch.float64 and ts.shape == (steps + 1,)
+            assert torch.all(ts[1:] < ts[:-1]), (steps, ts)
+            assert float(ts[0]) == t_max
+        assert float(z[-1]) == 0.0 and float(m[-1]) == t_min
+        # the trailing end: end="zero" calls the model at the first `steps` times of the t_min grid
+        assert torch.equal(z[:-1], m[:-1])
+        assert float(z[-2]) > t_min or steps == 1
+
+
+def test_vp_power_formula():
+    # uniform in tau^(1/kappa) on the reference process itself (continuous linear-beta VP, tau = t)
+    p = VPLinear()
+    for steps in (1, 5, 10, 25):
+        k = vp_power_kappa(steps)
+        r = make_grid(p, steps, "vp-power", end="t_min") ** (1 / k)
+        assert torch.allclose(r.diff(), r.diff()[0].expand(steps), rtol=1e-8, atol=1e-12)
+    assert [vp_power_kappa(n) for n in (5, 6, 10, 12, 13, 25)] == pytest.approx([1.25, 1.35, 1.75, 1.95, 2.0, 2.0])
+    # an explicit kappa: 2 is quadratic in tau, and a shorter range keeps its endpoints
+    q = make_grid(p, 8, "vp-power", end="t_min", kappa=2.0)
+    assert torch.allclose(q, make_grid(p, 8, "quadratic", end="t_min"), rtol=1e-9)
+    s = make_grid(p, 4, "vp-power", end="t_min", t_start=0.8, t_end=0.01)
+    assert float(s[0]) == 0.8 and float(s[-1]) == 0.01
+    # a fixed lambda grid: processes with the same lambda range get the same lambdas
+    lam0, lam1 = -4.0, 5.0
+    grids = []
+    for q in (VPDiscrete.linear(), VPLinear(), VPCosine(), EDM(), Flow(), TrigFlow()):
+        t0, t1 = (float(v) for v in q.t_of_lambda(torch.tensor([lam0, lam1], dtype=torch.float64)))
+        grids.append(q.lambda_(make_grid(q, 7, "vp-power", end="t_min", t_start=t0, t_end=t1)))
+    for lam in grids[1:]:
+        assert torch.allclose(lam, grids[0], atol=1e-7)
+
+
+def test_vp_power_bad_input():
+    p = VPDiscrete.linear()
+    for bad in (0, -1, 1.5, None):
+        with pytest.raises(ValueError, match="steps must be a positive integer"):
+            make_grid(p, bad, "vp-power")
+    for kappa in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="kappa must be positive"):
+            make_grid(p, 5, "vp-power", kappa=kappa)
+    with pytest.raises(ValueError, match="end must be"):
+        make_grid(p, 5, "vp-power", end="denoise")
+    with pytest.raises(ValueError, match="need 0 < t_end < t_start"):
+        make_grid(p, 5, "vp-power", t_start=0.5, t_end=0.6)
+    with pytest.raises(ValueError):
+        make_grid(p, 5, "vp-power", t_start=2.0 * float(p.T))  # outside the process's time domain
+    with pytest.raises(ValueError, match="unknown spacing"):
+        make_grid(p, 5, "vp_power")
+
+
+def test_sample_without_solver_uses_the_default():
+    g = GaussianMixture.random(d=4, K=4, std_range=(0.1, 0.3), seed=8)
+    noise = torch.randn(256, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for p in (VPDiscrete.linear(), EDM()):
+        assert default_solver(p) == {"solver": "unipc", "order": 3, "spacing": "vp-power"}
+        assert SOLVERS["unipc"].spacing == "vp-power"
+        exact = g.ode(noise * p.prior_std(), p.t_max, 0.0, p)
+        for steps in (5, 10):
+            D = g.denoiser(p)
+            out, nfe = sample(D, noise, steps=steps, return_nfe=True)
+            assert nfe == steps and D.calls == steps
+            ref = unipc(g.denoiser(p), noise * p.prior_std(), make_grid(p, steps, "vp-power"), order=3)
+            assert torch.allclose(out, ref, atol=1e-12)
+            named = sample(g.denoiser(p), noise, solver="unipc", order=3, spacing="vp-power", steps=steps)
+            assert torch.equal(out, named)
+            # and it is more accurate than the previous default (unipc-3 on the logSNR grid down to t_min)
+            old = sample(g.denoiser(p), noise, solver="unipc", order=3, spacing="logsnr", steps=steps)
+            err, err_old = (((x - exact) ** 2).mean().sqrt().item() for x in (out, old))
+            assert err < 0.8 * err_old, (p, steps, err, err_old)

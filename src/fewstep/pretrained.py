@@ -2,6 +2,7 @@
 
     D = load_denoiser("runs/digits-teacher")      # latest checkpoint of a run, EMA weights
     D = load_denoiser("digits-teacher")           # shipped in the package (assets/models/)
+    S = load_denoiser("digits-scd")               # a consistency student: sample(S, z, solver="consistency", steps=2)
     x = fewstep.sample(D, torch.randn(16, *D.sample_shape), steps=10)
 
 Shipped models are training checkpoints reduced to the EMA weights (safetensors) and their JSON
@@ -34,6 +35,7 @@ class LoadedModel(Denoiser):
     sample_shape: tuple
     num_classes: int | None
     source: str
+    method: str
 
 
 def _read(spec) -> tuple[dict, dict, str]:
@@ -63,7 +65,12 @@ def load_denoiser(spec, device="cpu", model_dtype: torch.dtype | None = None) ->
     cfg = TrainConfig.from_dict(meta["config"])
     if not meta.get("model_config"):
         raise ValueError(f"{source}: the checkpoint has no model config")
-    net = build_model_from_config(meta["model_config"])
+    if meta.get("student"):  # a consistency model (fewstep.distill): a TrigFlow student
+        from .distill.reparam import build_student_from_spec
+
+        net = build_student_from_spec(meta["student"])
+    else:
+        net = build_model_from_config(meta["model_config"])
     try:
         net.load_state_dict(weights)
     except RuntimeError as e:
@@ -77,6 +84,7 @@ def load_denoiser(spec, device="cpu", model_dtype: torch.dtype | None = None) ->
     D.sample_shape = tuple(meta.get("sample_shape") or _shape_of(mc))
     D.num_classes = meta.get("num_classes")
     D.source = source
+    D.method = cfg.method  # "diffusion", or "sct" / "scd" for a consistency model (sample it with solver="consistency")
     return D
 
 

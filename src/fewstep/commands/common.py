@@ -31,7 +31,7 @@ def add_sampling_arguments(p) -> None:
                                                   "benchmark's best per process); 'consistency' for students")
     p.add_argument("--steps", type=int, default=10, help="model calls (NFE) per sample")
     p.add_argument("--order", type=int, default=None, help="solver order (default: the solver's)")
-    p.add_argument("--spacing", default=None, help="step spacing: logsnr, time, quadratic, karras, linspace, ...")
+    p.add_argument("--spacing", default=None, help="step spacing: vp-power (default), logsnr, time, quadratic, karras, linspace, leading, trailing")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale for class-conditional models (1 = conditional)")
     p.add_argument("--class", dest="label", type=int, default=None,

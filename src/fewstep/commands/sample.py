@@ -1,6 +1,7 @@
 """`fewstep sample MODEL`: samples from a checkpoint, a run directory or a shipped model.
 
-Writes OUT/samples.png (grid), OUT/samples.npz (images in [-1, 1], labels) and OUT/config.json.
+Writes OUT/samples.png (an image grid; a scatter plot for 2-D data when matplotlib is installed),
+OUT/samples.npz (images in [-1, 1] or vectors, labels) and OUT/config.json.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ def run(args) -> int:
     x, labels, nfe, seconds = generate(D, args.n, seed=args.seed, label=args.label, guidance=args.guidance,
                                        batch_size=args.batch_size, device=args.device, **sampling_options(args))
     out = run_dir(args.out, "sample")
-    save_grid(x, out / "samples.png")
+    if x.ndim == 4:
+        save_grid(x, out / "samples.png")
+    elif not _scatter(x, labels, out / "samples.png"):
+        print("(no samples.png: vector samples need matplotlib for a scatter plot)")
     np.savez_compressed(out / "samples.npz", images=x.numpy(),
                         **({"labels": labels.numpy()} if labels is not None else {}))
     write_json(out / "config.json", {"command": "sample", "args": {k: v for k, v in vars(args).items() if k != "fn"},
@@ -40,3 +44,23 @@ def run(args) -> int:
     print(f"{args.n} samples in {seconds:.2f}s ({nfe} model calls each, {1e3 * seconds / args.n:.2f} ms/sample) "
           f"-> {out / 'samples.png'}, {out / 'samples.npz'}")
     return 0
+
+
+def _scatter(x, labels, path) -> bool:
+    """A scatter plot of the first two coordinates of vector samples; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    x = x.reshape(len(x), -1).numpy()
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(x[:, 0], x[:, 1] if x.shape[1] > 1 else np.zeros(len(x)), s=4,
+               c=None if labels is None else labels.numpy(), cmap="tab10")
+    ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

@@ -110,7 +110,8 @@ class SCMConfig:
 def sample_t(n: int, P_mean: float, P_std: float, sigma_data: float, generator: torch.Generator | None = None,
              device=None, dtype=torch.float32) -> Tensor:
     """n TrigFlow times from sCM's proposal: tau ~ N(P_mean, P_std^2), t = arctan(e^tau / sd)."""
-    tau = torch.randn(n, generator=generator, dtype=torch.float64) * P_std + P_mean
+    gdev = generator.device if generator is not None else "cpu"  # draw where the generator lives
+    tau = torch.randn(n, generator=generator, dtype=torch.float64, device=gdev) * P_std + P_mean
     return torch.atan(torch.exp(tau) / sigma_data).to(device=device, dtype=dtype)
 
 
@@ -132,7 +133,7 @@ class SCMLoss(nn.Module):
     """
 
     def __init__(self, config: SCMConfig | None = None, teacher=None, *, num_classes: int = 0,
-                 generator: torch.Generator | None = None, **overrides):
+                 generator: torch.Generator | None = None, rank: int = 0, world_size: int = 1, **overrides):
         super().__init__()
         config = (config or SCMConfig()).replace(**overrides) if overrides else (config or SCMConfig())
         if config.mode == "scd" and teacher is None:
@@ -144,14 +145,30 @@ class SCMLoss(nn.Module):
             raise ValueError(f"teacher sigma_data {teacher.sigma_data} != config sigma_data {config.sigma_data}")
         if config.p_uncond > 0 and num_classes < 1:
             raise ValueError("p_uncond > 0 needs num_classes (the null class index) >= 1")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
         self.config, self.teacher, self.num_classes, self.generator = config, teacher, int(num_classes), generator
+        self.rank, self.world_size = rank, world_size
         self.weight = AdaptiveWeight() if config.adaptive_weight else None
 
+    # Every draw covers the GLOBAL batch (all ranks / accumulation shards) and keeps this rank's
+    # slice, so N processes see the numbers of the one-process run (as training.DiffusionLoss).
+    def _slice(self, v: Tensor, device, dtype) -> Tensor:
+        n = v.shape[0] // self.world_size
+        return v[self.rank * n:(self.rank + 1) * n].to(device=device, dtype=dtype)
+
     def _randn(self, shape, device, dtype) -> Tensor:
-        return torch.randn(shape, generator=self.generator, dtype=torch.float64).to(device=device, dtype=dtype)
+        shape = (shape[0] * self.world_size, *shape[1:])
+        return self._slice(torch.randn(shape, generator=self.generator, dtype=torch.float64, device=self._gdev),
+                           device, dtype)
 
     def _rand(self, n, device, dtype) -> Tensor:
-        return torch.rand(n, generator=self.generator, dtype=torch.float64).to(device=device, dtype=dtype)
+        return self._slice(torch.rand(n * self.world_size, generator=self.generator, dtype=torch.float64,
+                                      device=self._gdev), device, dtype)
+
+    @property
+    def _gdev(self):
+        return self.generator.device if self.generator is not None else "cpu"
 
     def forward(self, model, x0: Tensor, labels: Tensor | None = None, step: int = 0):
         cfg, sd = self.config, self.config.sigma_data
@@ -160,7 +177,8 @@ class SCMLoss(nn.Module):
         dtype = torch.promote_types(x0.dtype, torch.float32)
         x0 = x0.to(dtype)
 
-        t = sample_t(B, cfg.P_mean, cfg.P_std, sd, self.generator, dev, dtype)
+        t = self._slice(sample_t(B * self.world_size, cfg.P_mean, cfg.P_std, sd, self.generator, dtype=torch.float64),
+                        dev, dtype)
         z = self._randn(x0.shape, dev, dtype) * sd
         cos, sin = _bcast(torch.cos(t), x0), _bcast(torch.sin(t), x0)
         x_t = cos * x0 + sin * z

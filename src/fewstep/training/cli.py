@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["add_train_parser", "run_train", "main"]
+__all__ = ["add_train_parser", "add_distill_parser", "run_train", "run_distill", "main"]
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -27,6 +27,62 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     _add_arguments(p)
     p.set_defaults(fn=run_train)
     return p
+
+
+DISTILL_DOC = """`fewstep distill`: sCD / sCT consistency models (sCM, fewstep.distill) on the trainer.
+
+    fewstep distill                                          # preset digits-scd: the shipped digits teacher
+    fewstep distill --teacher runs/my-teacher --method scd steps=4000 --out runs/my-scd
+    fewstep distill --method sct                             # preset digits-sct: consistency training
+    fewstep distill digits-scd scm_args.tangent_warmup=1000 scm_args.guidance=2.0
+    fewstep distill --out runs/my-scd --resume               # continue from the latest checkpoint
+    torchrun --nproc_per_node=2 -m fewstep distill ...       # DistributedDataParallel
+
+The teacher is a checkpoint (.json), a run directory or a shipped model name, of any process and
+prediction type; by default the student starts as the teacher (student_init=teacher). Checkpoints,
+exact resume, progress, metrics.csv and DDP work as in `fewstep train`; key=value overrides set any
+TrainConfig field, scm_args.KEY the sCM options (P_mean, P_std, tangent_warmup, tangent_c,
+tangent_norm, tangent = jvp | fd, adaptive_weight, guidance, guidance_range). Sample the result with
+`fewstep sample OUT --solver consistency --steps 2`.
+"""
+
+
+def add_distill_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `distill` sub-command (sets fn=run_distill)."""
+    p = subparsers.add_parser("distill", help="distil a diffusion model into a 1-2 step consistency model (sCD / sCT)",
+                              description=DISTILL_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(p)
+    p.add_argument("--teacher", default=None, metavar="CKPT",
+                   help="sCD teacher: checkpoint .json, run directory or shipped model name (default: the preset's)")
+    p.add_argument("--method", choices=("scd", "sct"), default=None,
+                   help="scd = distil the teacher, sct = consistency training from data (default: the preset's, "
+                        "else scd)")
+    p.set_defaults(fn=run_distill)
+    return p
+
+
+def run_distill(args) -> int:
+    """`fewstep distill`: a `fewstep train` run with method / teacher set (see DISTILL_DOC)."""
+    items = list(args.items or [])
+    has_spec = any("=" not in i for i in items)
+    resuming_saved = args.resume and args.out and (Path(args.out) / "config.yaml").is_file()
+    if not has_spec and not resuming_saved and not args.list_presets:
+        items.insert(0, f"digits-{args.method or 'scd'}")
+    method = args.method
+    spec = next((i for i in items if "=" not in i), None)
+    if method is None and not any(i.startswith("method=") for i in items) and spec is not None:
+        from .config import PRESETS
+
+        if spec in PRESETS and PRESETS[spec].method == "diffusion":  # distilling a diffusion preset's setting
+            method = "scd"
+    if method:
+        items.append(f"method={method}")
+        if method == "sct" and not args.teacher:
+            items.append("teacher=null")
+    if args.teacher:
+        items.append(f"teacher={args.teacher}")
+    args.items = items
+    return run_train(args)
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,6 +141,10 @@ def run_train(args) -> int:
                   f"t~{c.timesteps:<8} w={c.weighting:<6} batch {c.batch_size} x {c.steps} steps")
         return 0
     cfg = _resolve(args)
+    if cfg.method != "diffusion":  # show what will run: TrigFlow(sigma_data), prediction F
+        from ..distill.setup import consistency_config
+
+        cfg = consistency_config(cfg)
     if args.dry_run:
         sys.stdout.write(cfg.to_yaml())
         return 0

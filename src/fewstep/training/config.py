@@ -29,6 +29,7 @@ __all__ = ["TrainConfig", "PRESETS", "get_preset", "list_presets", "resolve_conf
 
 OPTIMIZERS = ("adamw", "radam")
 PRECISIONS = ("fp32", "bf16")
+METHODS = ("diffusion", "sct", "scd")
 _PROCESS_FACTORIES = ("vp", "ddpm", "vp-discrete", "sd", "scaled-linear", "cosine")
 
 
@@ -53,6 +54,13 @@ class TrainConfig:
     output:      out (directory), checkpoint_every (steps; 0 = at the end only), keep_checkpoints,
                  log_every, progress, tensorboard, max_bad_steps (consecutive non-finite steps
                  tolerated before stopping)
+    consistency: method ("diffusion" = the denoising objective above; "sct" / "scd" = sCM consistency
+                 training / distillation, fewstep.distill: the model becomes a TrigFlow student on
+                 TrigFlow(sigma_data), timesteps / weighting are then unused), teacher (sCD: a
+                 checkpoint, run directory or shipped model name), student_init ("teacher": the
+                 student starts as the teacher, any process / prediction; "scratch": the preset's
+                 initialisation with model_args), scm_args (SCMConfig options: P_mean, P_std,
+                 tangent_warmup, tangent_c, tangent_norm, tangent, adaptive_weight, guidance, ...)
     """
 
     name: str = "custom"
@@ -103,6 +111,11 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False
     max_bad_steps: int = 10
+    # consistency models (sCM)
+    method: str = "diffusion"
+    teacher: str | None = None
+    student_init: str = "teacher"
+    scm_args: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
@@ -147,6 +160,25 @@ class TrainConfig:
         need(self.max_bad_steps >= 0, f"max_bad_steps must be >= 0, got {self.max_bad_steps}")
         need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
              f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        need(self.student_init in ("teacher", "scratch"),
+             f"student_init must be 'teacher' or 'scratch', got {self.student_init!r}")
+        if self.method == "scd":
+            need(bool(self.teacher), "method=scd needs teacher= (a checkpoint, run directory or shipped model name)")
+        if self.method == "sct":
+            need(not self.teacher, "method=sct trains from data and takes no teacher (use method=scd to distil)")
+        if self.method != "diffusion":
+            from ..distill.scm import SCMConfig
+
+            fields = {f.name for f in dataclasses.fields(SCMConfig)} - {"mode", "sigma_data"}
+            bad = sorted(set(self.scm_args) - fields)
+            need(not bad, f"unknown scm_args {bad} (mode and sigma_data come from method and sigma_data)")
+            try:
+                SCMConfig(mode=self.method, sigma_data=self.sigma_data, **self.scm_args)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"config: scm_args: {e}") from None
+        elif self.scm_args or self.teacher:
+            need(False, "teacher / scm_args are for method=sct or method=scd")
         sampler = sampler_class(self.timesteps)
         check_kwargs(sampler, self.timestep_args, f"timestep sampler {sampler.name!r}", skip=("process",))
         weighting = weighting_class(self.weighting)
@@ -392,6 +424,15 @@ PRESETS: dict[str, TrainConfig] = {
                           process="vp", prediction="eps", conditional=False, lr=1e-3, batch_size=256,
                           steps=5000, warmup_steps=100, ema_half_life=50000.0, checkpoint_every=1000,
                           log_every=100),
+    # sCM (Lu & Song 2025) consistency models of digits: RAdam, betas (0.9, 0.99), no weight decay
+    "digits-scd": _digits(name="digits-scd", method="scd", teacher="digits-teacher", optimizer="radam",
+                          betas=(0.9, 0.99), lr=1e-4, warmup_steps=0, grad_clip=1.0, steps=2000,
+                          ema_half_life=12800.0, ema_warmup_ratio=None, checkpoint_every=500,
+                          scm_args={"tangent_warmup": 200}),
+    "digits-sct": _digits(name="digits-sct", method="sct", student_init="scratch", optimizer="radam",
+                          betas=(0.9, 0.99), lr=2e-4, warmup_steps=0, grad_clip=1.0, steps=10000,
+                          ema_half_life=12800.0, ema_warmup_ratio=None, checkpoint_every=2000,
+                          scm_args={"tangent_warmup": 1000}),
     # smoke tests: tiny networks, a handful of steps
     "digits-tiny": _digits(name="digits-tiny", model="unet-tiny", batch_size=16, steps=20, warmup_steps=5,
                            ema_half_life=1000.0, checkpoint_every=0, log_every=5, progress=False),

@@ -160,6 +160,10 @@ class Trainer:
 
     def __init__(self, config, *, out=None, resume=False, progress: bool | None = None):
         cfg = resolve_config(config)
+        if cfg.method != "diffusion":
+            from ..distill.setup import consistency_config
+
+            cfg = consistency_config(cfg)
         if out is not None:
             cfg = cfg.replace(out=str(out))
         if progress is not None:
@@ -187,19 +191,27 @@ class Trainer:
         if "num_classes" in cfg.model_args:
             raise ValueError("config: model_args.num_classes is set from the dataset; use conditional=true/false")
         torch.manual_seed(cfg.seed)
-        self.net = build_model(cfg.model, num_classes=self.num_classes, **cfg.model_args).to(self.device)
-
-        # objective
-        self.process = build_process(cfg.process, cfg.process_args)
-        self.sampler = make_sampler(cfg.timesteps, self.process, **cfg.timestep_args)
-        weighting = make_weighting(cfg.weighting, self.process, cfg.prediction, cfg.sigma_data, **cfg.weighting_args)
-        if cfg.learned_weighting:
-            weighting = LearnedWeighting(self.process, base=weighting)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
-        self.loss_fn = DiffusionLoss(self.process, cfg.prediction, self.sampler, weighting,
-                                     num_classes=self.num_classes, p_uncond=cfg.p_uncond if self.num_classes else 0.0,
-                                     sigma_data=cfg.sigma_data, generator=self.generator, rank=self.dist.rank,
-                                     world_size=self.dist.world_size).to(self.device)
+        self.teacher = None
+        if cfg.method == "diffusion":
+            self.net = build_model(cfg.model, num_classes=self.num_classes, **cfg.model_args).to(self.device)
+            self.process = build_process(cfg.process, cfg.process_args)
+            self.sampler = make_sampler(cfg.timesteps, self.process, **cfg.timestep_args)
+            weighting = make_weighting(cfg.weighting, self.process, cfg.prediction, cfg.sigma_data,
+                                       **cfg.weighting_args)
+            if cfg.learned_weighting:
+                weighting = LearnedWeighting(self.process, base=weighting)
+            self.loss_fn = DiffusionLoss(self.process, cfg.prediction, self.sampler, weighting,
+                                         num_classes=self.num_classes,
+                                         p_uncond=cfg.p_uncond if self.num_classes else 0.0,
+                                         sigma_data=cfg.sigma_data, generator=self.generator, rank=self.dist.rank,
+                                         world_size=self.dist.world_size).to(self.device)
+        else:  # sCT / sCD (fewstep.distill): a TrigFlow student, the consistency objective
+            from ..distill.setup import build_consistency
+
+            self.net, self.process, self.loss_fn, self.teacher = build_consistency(
+                cfg, self.num_classes, self.device, self.generator, self.dist.rank, self.dist.world_size)
+            self.sampler = None
         self.objective = _Objective(self.net, self.loss_fn)
         if self.dist.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -273,7 +285,7 @@ class Trainer:
                     loss, stats = self.module(x0, labels, self.step)
                 (loss / cfg.accum_steps).backward()
             total += loss.detach().to(torch.float64)
-            if self.sampler.needs_losses:
+            if self.sampler is not None and self.sampler.needs_losses:
                 feedback.append((stats["t"], stats["loss"]))
         loss_value = float(D.all_reduce_mean(total / cfg.accum_steps, self.dist))
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
@@ -370,7 +382,8 @@ class Trainer:
             tensors = {f"model.{k}": v for k, v in self.net.state_dict().items()}
             tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
             tensors.update({f"loss.{k}": v for k, v in self.loss_fn.state_dict().items()})
-            tensors.update({f"sampler.{k}": v for k, v in self.sampler.state_dict().items()})
+            if self.sampler is not None:
+                tensors.update({f"sampler.{k}": v for k, v in self.sampler.state_dict().items()})
             opt_tensors, opt_scalars = optimizer_state_to_flat(self.optimizer.state_dict())
             tensors.update(opt_tensors)
             meta = {
@@ -382,6 +395,10 @@ class Trainer:
                 "model_config": self.net.config.to_dict() if hasattr(self.net, "config") else None,
                 "num_classes": self.num_classes,
             }
+            if self.config.method != "diffusion":
+                from ..distill.reparam import student_spec
+
+                meta["student"] = student_spec(self.net)
             path = save_checkpoint(directory, self.step, tensors, meta, keep=self.config.keep_checkpoints)
             self.last_checkpoint = path
         D.barrier(self.dist)
@@ -401,7 +418,8 @@ class Trainer:
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
             raise ValueError(f"checkpoint {path} does not fit this model/config: {first}") from None
-        self.sampler.load_state_dict(part("sampler."))
+        if self.sampler is not None:
+            self.sampler.load_state_dict(part("sampler."))
         self.optimizer.load_state_dict(optimizer_state_from_flat(tensors, meta["optimizer"]))
         self.data.load_state_dict(meta["data"])
         self.step, self.images_seen = int(meta["step"]), int(meta["images_seen"])
@@ -425,6 +443,8 @@ class Trainer:
     def denoiser(self, ema: bool = True):
         """The trained network (EMA weights by default) as a fewstep Denoiser D(x, t) -> x0."""
         net = self.ema.module if ema else self.net
+        if self.config.method != "diffusion":
+            return net.denoiser()
         return wrap(net, self.process, self.config.prediction, sigma_data=self.config.sigma_data)
 
     def close(self) -> None:
@@ -435,6 +455,12 @@ class Trainer:
         from ..models import count_params
 
         cfg = self.config
+        if cfg.method != "diffusion":
+            teacher = f" from teacher {cfg.teacher}" if cfg.teacher else ""
+            return (f"{cfg.name}: {cfg.method}{teacher} on {cfg.dataset} ({len(self.dataset)} samples), student "
+                    f"{type(self.net.net).__name__} ({count_params(self.net):,} params), {self.process!r}, "
+                    f"{self.loss_fn.config}, batch {cfg.batch_size} x {cfg.steps} steps on {self.device} "
+                    f"x {self.dist.world_size}")
         return (f"{cfg.name}: {cfg.dataset} ({len(self.dataset)} samples, {self.num_classes or 'no'} classes), "
                 f"{cfg.model} ({count_params(self.net):,} params), {self.process!r}, {cfg.prediction}, "
                 f"t ~ {self.sampler!r}, weighting {self.loss_fn.weighting!r}, batch {cfg.batch_size} "

@@ -1,0 +1,170 @@
+#!/usr/bin/env python
+"""Consistency benchmark: a diffusion teacher sampled with DPM-Solver++ against its sCD / sCT students.
+
+For a teacher (a checkpoint, run directory or shipped name) and its students (trained by
+`fewstep distill`), on the teacher's dataset:
+
+* FD (Frechet distance in the feature space of the shipped offline classifier of the dataset, to
+  the training images) and precision / recall, of the teacher with DPM-Solver++(2M) (and the
+  default solver) at 5-50 model calls, and of each student at 1, 2 and 4 steps;
+* wall-clock per sample (same batch, same device, after a warm-up);
+* the targets of the consistency issue: 2-step FD <= 1.1x the teacher's FD at >= 20 calls, 1-step
+  <= 1.5x, and the speed-up at equal FD (the teacher's time per sample interpolated, log-log, at the
+  student's FD, divided by the student's time), >= 10x.
+
+    python benchmarks/consistency.py --students scd=runs/digits-scd
+    python benchmarks/consistency.py --teacher runs/fashion-teacher --students scd=runs/f-scd,sct=runs/f-sct
+
+Writes OUT/consistency_<dataset>.md (the tables, also printed), .json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from fewstep.commands.common import generate
+from fewstep.commands.evaluate import extractor_for, reference_features, scores
+from fewstep.pretrained import load_denoiser
+
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def measure(D, solver, steps, n, seed, batch, ext, real, repeats=1) -> dict:
+    generate(D, min(64, n), progress=False, solver=solver, steps=steps, batch_size=batch)  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        x, _, nfe, sec = generate(D, n, seed=seed, batch_size=batch, progress=False, solver=solver, steps=steps)
+        best = min(best, sec)
+    return {"solver": solver, "nfe": nfe, "ms_per_sample": 1e3 * best / n, **scores(ext, real, x)}
+
+
+def time_at_fd(teacher_rows, fd) -> float | None:
+    """The teacher's ms/sample at FD `fd`, log-log interpolated along its NFE curve (None if the
+    teacher never gets that good, inf-safe at the ends)."""
+    rows = sorted(teacher_rows, key=lambda r: r["nfe"])
+    for a, b in zip(rows, rows[1:]):
+        if (a["fd"] - fd) * (b["fd"] - fd) <= 0 and a["fd"] != b["fd"]:
+            w = (math.log(fd) - math.log(a["fd"])) / (math.log(b["fd"]) - math.log(a["fd"]))
+            return math.exp(math.log(a["ms_per_sample"]) + w * (math.log(b["ms_per_sample"]) - math.log(a["ms_per_sample"])))
+    if fd >= rows[0]["fd"]:
+        return rows[0]["ms_per_sample"] * rows[0]["fd"] / fd if fd > 0 else None  # better than the cheapest: bound
+    return None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", default="digits-teacher")
+    ap.add_argument("--students", default="scd=digits-scd", help="comma list of label=checkpoint|run dir|name")
+    ap.add_argument("--teacher-nfe", default="5,10,20,50")
+    ap.add_argument("--teacher-solvers", default="dpm++2m,default")
+    ap.add_argument("--student-steps", default="1,2,4")
+    ap.add_argument("--n", type=int, default=2000, help="samples per setting")
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--repeats", type=int, default=2, help="timing repeats (min is reported)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t_start = time.time()
+    T = load_denoiser(args.teacher)
+    dataset = T.config["dataset"]
+    ext = extractor_for("classifier", dataset)
+    real, _ = reference_features(ext, dataset)
+    rows = []
+    for solver in args.teacher_solvers.split(","):
+        for nfe in map(int, args.teacher_nfe.split(",")):
+            r = measure(T, None if solver == "default" else solver, nfe, args.n, args.seed, args.batch, ext, real,
+                        args.repeats)
+            r.update(model="teacher", solver=solver)
+            rows.append(r)
+            print(f"teacher {solver:<9} NFE {nfe:>3}: FD {r['fd']:.4f}  {r['ms_per_sample']:.3f} ms/sample", flush=True)
+    for spec in filter(None, args.students.split(",")):
+        label, _, path = spec.partition("=")
+        S = load_denoiser(path)
+        if S.config["dataset"] != dataset:
+            raise SystemExit(f"student {path} was trained on {S.config['dataset']}, the teacher on {dataset}")
+        for steps in map(int, args.student_steps.split(",")):
+            r = measure(S, "consistency", steps, args.n, args.seed, args.batch, ext, real, args.repeats)
+            r.update(model=label)
+            rows.append(r)
+            print(f"{label:<7} {steps} step(s): FD {r['fd']:.4f}  {r['ms_per_sample']:.3f} ms/sample", flush=True)
+
+    dpm = [r for r in rows if r["model"] == "teacher" and r["solver"] == "dpm++2m"]
+    ref = min((r["fd"] for r in dpm if r["nfe"] >= 20), default=None)
+    lines = [f"# Consistency benchmark: {dataset}", "",
+             f"Teacher `{args.teacher}`; students {args.students}; FD = Frechet distance in the shipped "
+             f"{dataset} classifier's feature space to the {len(real)} training images; {args.n} samples per "
+             f"setting (labels spread over the classes, seed {args.seed}), batch {args.batch}, CPU "
+             f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
+             f"threads; time = min of {args.repeats} runs.", "",
+             f"Command: `python benchmarks/consistency.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
+             "| model | sampler | model calls | FD | FD / teacher FD (>= 20 calls) | precision | recall | ms / sample "
+             "| speed-up at equal FD |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['fd'] / ref:.2f}" if ref else "-"
+        speed = "-"
+        if r["model"] != "teacher":
+            t_eq = time_at_fd(dpm, r["fd"])
+            speed = f"{t_eq / r['ms_per_sample']:.1f}x" if t_eq else "teacher never as good"
+            r["speedup_equal_fd"] = t_eq / r["ms_per_sample"] if t_eq else None
+        lines.append(f"| {r['model']} | {r['solver']} | {r['nfe']} | {r['fd']:.4f} | {ratio} | {r['precision']:.3f} | "
+                     f"{r['recall']:.3f} | {r['ms_per_sample']:.3f} | {speed} |")
+    if ref:
+        lines += ["", f"Targets (teacher reference: best DPM-Solver++ FD at >= 20 calls = {ref:.4f}):"]
+        for r in rows:
+            if r["model"] != "teacher" and r["nfe"] in (1, 2):
+                limit = 1.5 if r["nfe"] == 1 else 1.1
+                ok = r["fd"] <= limit * ref
+                lines.append(f"- {r['model']} {r['nfe']}-step: FD {r['fd']:.4f} = {r['fd'] / ref:.2f}x teacher "
+                             f"(target <= {limit}x): {'met' if ok else 'NOT met'}; speed-up at equal FD "
+                             f"{'%.1fx' % r['speedup_equal_fd'] if r.get('speedup_equal_fd') else 'n/a'} (target >= 10x)")
+    lines += ["", f"_Total time {(time.time() - t_start) / 60:.1f} min._"]
+    text = "\n".join(lines)
+    print("\n" + text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"consistency_{dataset}.md").write_text(text + "\n")
+    (out / f"consistency_{dataset}.json").write_text(json.dumps(rows, indent=1))
+    _plot(rows, out / f"consistency_{dataset}.png", dataset)
+    print(f"wrote {out}/consistency_{dataset}.md, .json, .png")
+    return 0
+
+
+def _plot(rows, path, dataset) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    groups = {}
+    for r in rows:
+        groups.setdefault(f"{r['model']} ({r['solver']})", []).append(r)
+    for label, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["nfe"])
+        axes[0].plot([r["nfe"] for r in rs], [r["fd"] for r in rs], "o-", label=label)
+        axes[1].plot([r["ms_per_sample"] for r in rs], [r["fd"] for r in rs], "o-", label=label)
+    for ax, xl in zip(axes, ("model calls", "ms per sample")):
+        ax.set_xscale("log"), ax.set_yscale("log"), ax.set_xlabel(xl), ax.set_ylabel("FD"), ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{dataset}: teacher (DPM-Solver++) vs consistency students")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

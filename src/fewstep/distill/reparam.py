@@ -1,0 +1,122 @@
+"""Students initialised from a teacher of ANY process and prediction type (sCM: "the student starts
+from the teacher").
+
+A TrigFlow-F teacher of the student's architecture is simply copied (`trigflow.init_from_teacher`).
+Any other teacher (VP eps / v / x0, EDM, flow, ...) predicts a quantity that relates to F by maps
+that depend on t and on the process, which a copied network cannot absorb. `TeacherParameterised`
+instead keeps a copy of the teacher's network *inside* an exact reparameterisation:
+
+    (x', t') = the TrigFlow state (x_t, t) on the teacher's process at equal SNR   (teacher.py)
+    x0       = D_theta(x', t')       the copied network read through its own prediction type
+    F        = (cos(t) x_t - x0) / (sd sin t)       so that f = cos(t) x_t - sin(t) sd F = x0
+
+so at initialisation the student's consistency function f(x_t, t) IS the teacher's denoiser, and
+sCD/sCT train the copied weights. Every step is a differentiable torch op (the discrete-VP time map
+is piecewise linear), so the forward-mode JVP of the tangent runs through it.
+
+`student_spec` / `build_student_from_spec` describe a student as JSON so that checkpoints and shipped
+models can be rebuilt (pretrained.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..models import build_model_from_config
+from ..predictions import wrap
+from ..processes import _bcast, get_process
+from .teacher import trigflow_to_process
+from .trigflow import TrigFlowModel
+
+__all__ = ["TeacherParameterised", "student_from_teacher", "student_spec", "build_student_from_spec"]
+
+
+class TeacherParameterised(nn.Module):
+    """F(x_t / sd, t) computed through a network trained for `process` with `prediction` (see the
+    module docstring). net: the network (trained in place); sigma_data: the student's TrigFlow sd;
+    teacher_sigma_data: the sd the network's own prediction type uses (EDM / TrigFlow teachers)."""
+
+    def __init__(self, net: nn.Module, process, prediction: str, sigma_data: float = 0.5,
+                 teacher_sigma_data: float = 0.5):
+        super().__init__()
+        if not sigma_data > 0:
+            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+        self.net = net
+        self.process, self.prediction = get_process(process), prediction
+        self.sigma_data, self.teacher_sigma_data = float(sigma_data), float(teacher_sigma_data)
+        self._denoiser = wrap(net, self.process, prediction, sigma_data=self.teacher_sigma_data)
+
+    @property
+    def time_embed(self):  # guidance-conditioned students add their embedding here
+        return self.net.time_embed
+
+    @property
+    def config(self):
+        return getattr(self.net, "config", None)
+
+    def forward(self, x_in: Tensor, t: Tensor, class_labels=None, **extra) -> Tensor:
+        sd = self.sigma_data
+        x_t = x_in * sd
+        x_p, t_p = trigflow_to_process(x_t, t, self.process, sd)
+        x_p, t_p = x_p.to(x_t.dtype), t_p.to(torch.promote_types(t.dtype, torch.float32))
+        cond = dict(extra)
+        if class_labels is not None:
+            cond["class_labels"] = class_labels
+        x0 = self._denoiser(x_p, t_p, **cond).to(x_t.dtype)
+        t = t.to(x_t.dtype)
+        return (_bcast(torch.cos(t), x_t) * x_t - x0) / (sd * _bcast(torch.sin(t), x_t))
+
+
+def _network_of(teacher) -> nn.Module:
+    inner = getattr(teacher, "inner", teacher)
+    net = getattr(inner, "model", None)
+    if isinstance(net, TrigFlowModel):
+        net = net.net
+    if not isinstance(net, nn.Module):
+        raise ValueError("student_from_teacher: the teacher must be a fewstep Denoiser around an nn.Module "
+                         "(e.g. from fewstep.pretrained.load_denoiser or predictions.wrap)")
+    return net
+
+
+def student_from_teacher(teacher, sigma_data: float = 0.5, guidance: bool = False) -> TrigFlowModel:
+    """A TrigFlow student whose f equals the teacher's denoiser at initialisation, for any teacher.
+
+    A "trigflow" teacher with the same sd gives a plain copy of its network (F is F); any other
+    teacher gives a `TeacherParameterised` copy. The copy is trainable (requires_grad on)."""
+    inner = getattr(teacher, "inner", teacher)
+    if not hasattr(inner, "process") or not hasattr(inner, "prediction"):
+        raise ValueError("student_from_teacher: the teacher must be a fewstep Denoiser (with .process, .prediction)")
+    net = copy.deepcopy(_network_of(teacher)).train().requires_grad_(True)
+    same = inner.prediction == "trigflow" and math.isclose(float(inner.sigma_data), sigma_data) \
+        and getattr(inner.process, "name", None) == "trigflow"
+    if not same:
+        net = TeacherParameterised(net, inner.process, inner.prediction, sigma_data, float(inner.sigma_data))
+    return TrigFlowModel(net, sigma_data=sigma_data, guidance=guidance)
+
+
+def student_spec(student: TrigFlowModel) -> dict:
+    """A JSON description of the student's structure (not its weights)."""
+    net = student.net
+    spec = {"sigma_data": student.sigma_data, "guidance": student.guided}
+    if isinstance(net, TeacherParameterised):
+        spec.update(parameterisation="teacher", process=net.process.config(), prediction=net.prediction,
+                    teacher_sigma_data=net.teacher_sigma_data, model_config=net.net.config.to_dict())
+    else:
+        spec.update(parameterisation="trigflow", model_config=net.config.to_dict())
+    return spec
+
+
+def build_student_from_spec(spec: dict) -> TrigFlowModel:
+    """The (untrained) student described by `student_spec`; load its state dict afterwards."""
+    kind = spec.get("parameterisation")
+    if kind not in ("teacher", "trigflow"):
+        raise ValueError(f"unknown student parameterisation {kind!r} (expected 'teacher' or 'trigflow')")
+    net = build_model_from_config(spec["model_config"])
+    if kind == "teacher":
+        net = TeacherParameterised(net, get_process(spec["process"]), spec["prediction"], spec["sigma_data"],
+                                   spec["teacher_sigma_data"])
+    return TrigFlowModel(net, sigma_data=spec["sigma_data"], guidance=bool(spec.get("guidance")))

@@ -1,0 +1,151 @@
+"""sCD / sCT on the trainer: the student starts as the teacher (any prediction type), exact resume,
+2-process DDP, checkpoints that load as consistency models, `fewstep distill`, bad input."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fewstep import sample
+from fewstep.cli import main as fewstep_main
+from fewstep.distill.reparam import TeacherParameterised
+from fewstep.distill.teacher import trigflow_to_process
+from fewstep.pretrained import load_denoiser
+from fewstep.training import Trainer, get_preset, load_checkpoint, resolve_config
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A tiny eps teacher on the DDPM VP process (20 steps of toy-tiny; no dropout, so that DDP ranks
+    and one process draw the same numbers)."""
+    out = tmp_path_factory.mktemp("teacher")
+    torch.set_num_threads(1)
+    Trainer(get_preset("toy-tiny"), out=out).fit()
+    return out
+
+
+def _scd(teacher_dir, **kw):
+    base = get_preset("toy-tiny").replace(method="scd", teacher=str(teacher_dir), optimizer="radam", steps=6,
+                                          batch_size=16, accum_steps=2, log_every=2,
+                                          scm_args={"tangent_warmup": 3})
+    return base.replace(**kw)
+
+
+def _state(trainer):
+    out = {f"model.{k}": v for k, v in trainer.net.state_dict().items()}
+    out.update({f"ema.{k}": v for k, v in trainer.ema.state_dict().items()})
+    out.update({f"loss.{k}": v for k, v in trainer.loss_fn.state_dict().items()})
+    for i, st in trainer.optimizer.state_dict()["state"].items():
+        out.update({f"optim.{i}.{k}": v for k, v in st.items() if isinstance(v, torch.Tensor)})
+    return {k: v.detach().clone() for k, v in out.items()}
+
+
+def test_student_starts_as_the_teacher_and_config_says_trigflow(teacher_dir):
+    trainer = Trainer(_scd(teacher_dir))
+    assert trainer.config.process == "trigflow" and trainer.config.prediction == "trigflow"
+    assert isinstance(trainer.net.net, TeacherParameterised)
+    teacher = load_denoiser(str(teacher_dir))
+    x = torch.randn(8, 2, dtype=torch.float64)
+    t = torch.linspace(0.05, 1.5, 8, dtype=torch.float64)
+    student = trainer.net.double().eval()
+    with torch.no_grad():
+        x_p, t_p = trigflow_to_process(x, t, teacher.process, 0.5)
+        teacher.model.double()
+        torch.testing.assert_close(student.consistency(x, t), teacher(x_p, t_p), atol=1e-10, rtol=1e-10)
+
+
+def test_scd_resume_is_bit_identical(tmp_path, teacher_dir):
+    cfg = _scd(teacher_dir)
+    straight = Trainer(cfg, out=tmp_path / "a")
+    straight.fit()
+    first = Trainer(cfg, out=tmp_path / "b")
+    first.fit(until=3)
+    torch.manual_seed(999)
+    resumed = Trainer(cfg, out=tmp_path / "b", resume=True)
+    assert resumed.step == 3
+    resumed.fit()
+    a, b = _state(straight), _state(resumed)
+    assert a.keys() == b.keys() and any(k.startswith("loss.weight") for k in a)  # the adaptive weight is saved
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the checkpoint loads as a consistency model; sample() then defaults to consistency sampling
+    D = load_denoiser(str(tmp_path / "b"))
+    assert D.method == "scd" and D.prediction == "trigflow"
+    x, nfe = sample(D, torch.randn(5, 2), steps=2, return_nfe=True, generator=torch.Generator().manual_seed(0))
+    assert nfe == 2 and x.shape == (5, 2) and torch.isfinite(x).all()
+    meta, _ = load_checkpoint(tmp_path / "b")
+    assert meta["student"]["parameterisation"] == "teacher" and meta["config"]["method"] == "scd"
+
+
+def test_two_process_ddp_scd_matches_one_process(tmp_path, teacher_dir):
+    overrides = [f"teacher={teacher_dir}", "method=scd", "optimizer=radam", "steps=4", "batch_size=16",
+                 "accum_steps=2", "log_every=2", "scm_args={tangent_warmup: 2}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "fewstep", "distill", "toy-tiny", *overrides, "--out", str(tmp_path / "ddp"), "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cpu x 2" in proc.stdout
+    single = Trainer(resolve_config("toy-tiny", overrides), out=tmp_path / "one")
+    single.fit()
+    meta, tensors = load_checkpoint(tmp_path / "ddp")
+    assert meta["world_size"] == 2 and meta["step"] == 4
+    for k, v in _state(single).items():
+        assert torch.allclose(tensors[k].float(), v.float(), rtol=1e-4, atol=1e-6), k
+
+
+def test_fewstep_distill_cli_scd_and_sct(tmp_path, teacher_dir, capsys):
+    out = tmp_path / "scd"
+    code = fewstep_main(["distill", "toy-tiny", "steps=3", "--teacher", str(teacher_dir), "--method", "scd",
+                         "--out", str(out), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert "scd from teacher" in capsys.readouterr().out
+    assert (out / "config.yaml").is_file()
+    code = fewstep_main(["sample", str(out), "--solver", "consistency", "--steps", "2", "--n", "4",
+                         "--out", str(tmp_path / "s")])
+    assert code == 0, capsys.readouterr().err
+    code = fewstep_main(["distill", "toy-tiny", "steps=3", "student_init=scratch", "--method", "sct",
+                         "--out", str(tmp_path / "sct"), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert load_denoiser(str(tmp_path / "sct")).method == "sct"
+    # dry run prints the TrigFlow process the run will use
+    assert fewstep_main(["distill", "--teacher", str(teacher_dir), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "process: trigflow" in text and "method: scd" in text
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["method=scd"], "needs teacher"),
+    (["method=sct", "teacher=digits-teacher"], "no teacher"),
+    (["teacher=digits-teacher"], "method=sct or method=scd"),
+    (["method=sct", "scm_args={bogus: 1}"], "unknown scm_args"),
+    (["method=sct", "scm_args={tangent_c: 0}"], "constant c"),
+    (["method=sct", "scm_args={P_std: -1}"], "P_std"),
+    (["method=cd"], "method must be one of"),
+    (["method=sct", "student_init=copy"], "student_init"),
+])
+def test_bad_distill_configs(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_config("toy-tiny", overrides)
+
+
+def test_distill_cli_errors_are_one_line(tmp_path, capsys):
+    code = fewstep_main(["distill", "toy-tiny", "--teacher", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
+                         "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "missing" in err and len(err.strip().splitlines()) == 1
+    # a class-conditional teacher cannot be distilled into an unconditional student
+    code = fewstep_main(["distill", "toy-tiny", "--teacher", "digits-teacher", "--out", str(tmp_path / "o2"),
+                         "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
