@@ -10,12 +10,8 @@ from fewstep.cli import main
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models: one intra-op thread is faster and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """One intra-op thread (conftest.one_thread)."""
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,8 @@ from fewstep.training import Trainer, get_preset, load_checkpoint, resolve_confi
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """One intra-op thread (conftest.one_thread)."""
 
 
 @pytest.fixture(scope="module")

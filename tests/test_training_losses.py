@@ -18,12 +18,8 @@ PROCESSES = [VPDiscrete.linear(), VPLinear(), VPCosine(), EDM(), Flow(), TrigFlo
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """One intra-op thread (conftest.one_thread)."""
 
 
 class Recorder(torch.nn.Module):

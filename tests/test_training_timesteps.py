@@ -16,12 +16,8 @@ P_MIN = 1e-3  # fixed seeds: deterministic; a correct sampler passes with a wide
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """One intra-op thread (conftest.one_thread)."""
 
 
 

@@ -18,12 +18,8 @@ from fewstep.training.cli import add_train_parser, main
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models: one intra-op thread is faster and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """One intra-op thread (conftest.one_thread)."""
 
 
 def rich_config(**kw):

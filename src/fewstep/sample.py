@@ -67,8 +67,7 @@ def _consistency(D, noise, steps, spacing, cond, class_labels, guidance_scale, o
                  progress, return_nfe, scale_noise, t_mid: float | None = None, t_max: float | None = None):
     """solver="consistency": 1-step / 2-step / multistep consistency sampling (distill/sampling.py) of a
     consistency model's denoiser; `spacing` may be a list of TrigFlow times [t_max, t_1, ...]."""
-    from .distill.sampling import DEFAULT_T_MID, consistency, consistency_times
-    from .processes import TrigFlow
+    from .distill.sampling import DEFAULT_T_MID, consistency, consistency_times, custom_times
 
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer (model calls), got {steps!r}")
@@ -86,14 +85,7 @@ def _consistency(D, noise, steps, spacing, cond, class_labels, guidance_scale, o
     elif isinstance(spacing, str):
         raise ValueError(f"solver 'consistency' takes spacing=None or a list of times, not {spacing!r}")
     else:
-        ts = torch.as_tensor(spacing, dtype=torch.float64).flatten()
-        if ts.numel() < 1:
-            raise ValueError("spacing: the time list is empty")
-        if float(ts[-1]) != 0.0:
-            ts = torch.cat([ts, torch.zeros(1, dtype=torch.float64)])
-        if not isinstance(proc, TrigFlow):
-            lam = TrigFlow(sigma_data=sd).lambda_(ts[:-1])
-            ts = torch.cat([proc.t_of_lambda(lam), torch.zeros(1, dtype=torch.float64)])
+        ts = custom_times(spacing, proc, sd)
     cond = dict(cond or {})
     if class_labels is not None:
         cond["class_labels"] = class_labels

@@ -1,7 +1,8 @@
 """`fewstep demo`: the whole pipeline on the built-in digits, on a laptop CPU, in under 10 minutes.
 
 1. train a class-conditional UNet teacher with SpeeD timestep sampling and weighting (preset
-   digits-speed, shortened);
+   digits-speed-trigflow, shortened: a TrigFlow-F network with c_noise(t) = t, which sCD distils
+   stably, sCM Sec. 4.1);
 2. sample it with DPM-Solver++(2M) in 10 model calls (and the default solver);
 3. distil it with sCD into a consistency student that starts as the teacher (preset digits-scd);
 4. evaluate each (FD in the shipped digits classifier's feature space, precision / recall, time per
@@ -75,19 +76,19 @@ def run(args) -> int:
     progress = not args.no_progress
     ckpt_every = 250
     if args.teacher is None:
-        cfg = get_preset("digits-speed").replace(steps=args.teacher_steps, seed=args.seed, checkpoint_every=ckpt_every,
-                                                 ema_half_life=min(25000.0, 4.0 * args.teacher_steps),
-                                                 warmup_steps=min(200, args.teacher_steps // 5), lr=1e-3)
-        teacher_result = _train(cfg, out / "teacher", args.resume, progress, "1/3 teacher (SpeeD)")
+        cfg = get_preset("digits-speed-trigflow").replace(
+            steps=args.teacher_steps, seed=args.seed, checkpoint_every=ckpt_every,
+            ema_half_life=min(25000.0, 8.0 * args.teacher_steps), warmup_steps=min(200, args.teacher_steps // 5))
+        teacher_result = _train(cfg, out / "teacher", args.resume, progress, "1/3 teacher (SpeeD, TrigFlow)")
         teacher_spec = str(out / "teacher")
     else:
         teacher_result, teacher_spec = None, args.teacher
     teacher = load_denoiser(teacher_spec)
     if teacher.config["dataset"] != "digits":
         raise ValueError(f"the demo runs on digits; the teacher was trained on {teacher.config['dataset']!r}")
-    cfg = get_preset("digits-scd").replace(teacher=teacher_spec, steps=args.distill_steps, seed=args.seed,
-                                           checkpoint_every=ckpt_every,
-                                           scm_args={"tangent_warmup": max(1, args.distill_steps // 5)})
+    base = get_preset("digits-scd")
+    cfg = base.replace(teacher=teacher_spec, steps=args.distill_steps, seed=args.seed, checkpoint_every=ckpt_every,
+                       scm_args={**base.scm_args, "tangent_warmup": max(1, args.distill_steps // 3)})
     student_result = _train(cfg, out / "student", args.resume, progress, "2/3 sCD student")
     student = load_denoiser(str(out / "student"))
 

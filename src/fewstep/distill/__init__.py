@@ -9,13 +9,16 @@
     result = distill(student, loss, dataset, steps=5000, batch_size=128, lr=1e-4)
     x0 = consistency_sample(result.ema, torch.randn(16, 1, 8, 8), steps=2)   # t_mid = 1.1
 
-Modules: trigflow.py (the student F), teacher.py (any denoiser -> TrigFlow velocity, CFG),
+Modules: trigflow.py (the student F), reparam.py (a student that starts as a teacher of any
+process / prediction type), setup.py (sCT / sCD inside training.Trainer: `fewstep distill`),
+teacher.py (any denoiser -> TrigFlow velocity, CFG),
 tangent.py (g by one JVP or a finite difference), adaptive_weight.py (w(t)), scm.py (Algorithm 1),
 sampling.py (1-step / 2-step / multistep sampling, the `consistency` solver), loop.py (training).
 """
 
 from .adaptive_weight import AdaptiveWeight
 from .loop import DistillResult, batch_source, copy_student, distill
+from .reparam import TeacherParameterised, build_student_from_spec, student_from_teacher, student_spec
 from .sampling import DEFAULT_T_MID, consistency, consistency_sample, consistency_times
 from .scm import SCMConfig, SCMLoss, sample_t, tangent_warmup
 from .tangent import model_tangent, normalize_tangent, same_rng, scm_tangent
@@ -30,4 +33,5 @@ __all__ = [
     "SCMConfig", "SCMLoss", "sample_t", "tangent_warmup",
     "consistency", "consistency_sample", "consistency_times", "DEFAULT_T_MID",
     "distill", "DistillResult", "batch_source", "copy_student",
+    "TeacherParameterised", "student_from_teacher", "student_spec", "build_student_from_spec",
 ]

@@ -21,7 +21,7 @@ from torch import Tensor
 from ..predictions import Denoiser, wrap
 from ..processes import Process, TrigFlow
 
-__all__ = ["consistency", "consistency_sample", "consistency_times", "DEFAULT_T_MID"]
+__all__ = ["consistency", "consistency_sample", "consistency_times", "custom_times", "DEFAULT_T_MID"]
 
 DEFAULT_T_MID = 1.1
 
@@ -55,6 +55,20 @@ def consistency_times(steps: int, t_mid: float = DEFAULT_T_MID, t_max: float | N
         return ts
     lam = trig.lambda_(ts)
     return torch.cat([process.check(process.t_of_lambda(lam[:-1])), torch.zeros(1, dtype=torch.float64)])
+
+
+def custom_times(times, process: Process, sigma_data: float = 0.5) -> Tensor:
+    """A user's decreasing TrigFlow times [t_max, t_1, ...] as a grid on `process` (equal SNR), with
+    the final 0 appended when missing."""
+    ts = torch.as_tensor(times, dtype=torch.float64).flatten()
+    if ts.numel() < 1:
+        raise ValueError("the consistency time list is empty")
+    if float(ts[-1]) != 0.0:
+        ts = torch.cat([ts, torch.zeros(1, dtype=torch.float64)])
+    if not isinstance(process, TrigFlow):
+        lam = TrigFlow(sigma_data=sigma_data).lambda_(ts[:-1])
+        ts = torch.cat([process.t_of_lambda(lam), torch.zeros(1, dtype=torch.float64)])
+    return ts
 
 
 def consistency(denoiser, x: Tensor, ts, *, generator: torch.Generator | None = None, cond: dict | None = None,
@@ -113,14 +127,7 @@ def consistency_sample(student, noise: Tensor, sigma_data: float | None = None, 
         D = wrap(student, TrigFlow(sigma_data=sigma_data), "trigflow", sigma_data=sigma_data)
     process = D.process
     if times is not None:
-        ts = torch.as_tensor(times, dtype=torch.float64).flatten()
-        if ts.numel() < 1:
-            raise ValueError("times must hold at least one time")
-        if float(ts[-1]) != 0.0:
-            ts = torch.cat([ts, torch.zeros(1, dtype=torch.float64)])
-        if not isinstance(process, TrigFlow):
-            lam = TrigFlow(sigma_data=sigma_data).lambda_(ts[:-1])
-            ts = torch.cat([process.t_of_lambda(lam), torch.zeros(1, dtype=torch.float64)])
+        ts = custom_times(times, process, sigma_data)
     else:
         ts = consistency_times(steps, t_mid, t_max, sigma_data, process)
     t0 = float(ts[0])

@@ -14,6 +14,7 @@ accepts the same arguments. The resolved config is written to OUT/config.yaml an
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -165,7 +166,15 @@ def run_train(args) -> int:
             print(f"done: step {result['step']}, loss {result['loss']:.4f}, {result['seconds']:.1f}s, "
                   f"{result['skipped']} skipped; checkpoint {result['checkpoint']}", flush=True)
     finally:
+        distributed = trainer.dist.distributed
         trainer.close()
+    if distributed:
+        # torchrun workers: everything is written and the process group is gone. Leave without running
+        # C++ static destructors, which abort a rank now and then under torch 2.13 / gloo on CPU
+        # ("terminate called without an active exception" after a complete run).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

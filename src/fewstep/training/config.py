@@ -417,6 +417,9 @@ PRESETS: dict[str, TrainConfig] = {
     # SpeeD (Wang et al. 2024) with the official k = 5, tau = 700 of 1000, lam = 0.6
     "digits-speed": _digits(name="digits-speed", **_SPEED),
     "digits-uniform": _digits(name="digits-uniform"),
+    # a TrigFlow-F teacher (c_noise(t) = t, positional embedding scale 10): what sCD distils stably (sCM Sec. 4.1)
+    "digits-speed-trigflow": _digits(name="digits-speed-trigflow", process="trigflow", prediction="trigflow",
+                                     model_args={"time_scale": 10.0}, steps=4000, **_SPEED),
     "fashion-speed": _fashion(name="fashion-speed", **_SPEED),
     "fashion-uniform": _fashion(name="fashion-uniform"),
     # 2-D Gaussian mixture (8 modes) with an MLP: seconds per thousand steps on CPU
@@ -424,15 +427,18 @@ PRESETS: dict[str, TrainConfig] = {
                           process="vp", prediction="eps", conditional=False, lr=1e-3, batch_size=256,
                           steps=5000, warmup_steps=100, ema_half_life=50000.0, checkpoint_every=1000,
                           log_every=100),
-    # sCM (Lu & Song 2025) consistency models of digits: RAdam, betas (0.9, 0.99), no weight decay
+    # sCM (Lu & Song 2025) consistency models of digits: RAdam, lr 1e-4, betas (0.9, 0.99), no adaptive
+    # weight. Measured (BENCHMARKS.md): from the TrigFlow teacher sCD improves steadily; from an eps
+    # teacher on discrete VP (index time input) the student degrades once the tangent warm-up ends, and
+    # the adaptive weight w(t) made that worse (gradient norm x20 in 1000 steps); lr 5e-4 / 2e-3 diverged.
     "digits-scd": _digits(name="digits-scd", method="scd", teacher="digits-teacher", optimizer="radam",
                           betas=(0.9, 0.99), lr=1e-4, warmup_steps=0, grad_clip=1.0, steps=2000,
                           ema_half_life=12800.0, ema_warmup_ratio=None, checkpoint_every=500,
-                          scm_args={"tangent_warmup": 200}),
+                          scm_args={"tangent_warmup": 200, "adaptive_weight": False}),
     "digits-sct": _digits(name="digits-sct", method="sct", student_init="scratch", optimizer="radam",
                           betas=(0.9, 0.99), lr=2e-4, warmup_steps=0, grad_clip=1.0, steps=10000,
                           ema_half_life=12800.0, ema_warmup_ratio=None, checkpoint_every=2000,
-                          scm_args={"tangent_warmup": 1000}),
+                          scm_args={"tangent_warmup": 1000, "adaptive_weight": False}),
     # smoke tests: tiny networks, a handful of steps
     "digits-tiny": _digits(name="digits-tiny", model="unet-tiny", batch_size=16, steps=20, warmup_steps=5,
                            ema_half_life=1000.0, checkpoint_every=0, log_every=5, progress=False),
