@@ -16,6 +16,14 @@ is piecewise linear), so the forward-mode JVP of the tangent runs through it.
 
 `student_spec` / `build_student_from_spec` describe a student as JSON so that checkpoints and shipped
 models can be rebuilt (pretrained.py).
+
+Measured caveat (BENCHMARKS.md, section 2): the reparameterisation keeps the teacher network's own
+time input. For an eps network on discrete VP that is the DDPM index 0..999 through a positional
+embedding, so dF/dt is large, and sCD from such a student improves during the tangent warm-up and
+then degrades (digits: 2-step FD 1.65 at 200 iterations, 2.27 at 400, collapse with the adaptive
+weight); dF/d(eps) also grows as 1/cos(t) near t_max. A TrigFlow-F teacher with c_noise(t) = t
+(preset digits-speed-trigflow) distils stably, as sCM Sec. 4.1 predicts: prefer it, or fine-tune a
+TrigFlow copy of an eps teacher first.
 """
 
 from __future__ import annotations
