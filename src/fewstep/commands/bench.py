@@ -73,7 +73,8 @@ def run(args) -> int:
     ok = [r for r in rows if r["fd"] <= target]
     best = min(ok, key=lambda r: r["ms_per_sample"]) if ok else None
     out = run_dir(args.out, "bench")
-    write_json(out / "bench.json", {"rows": rows, "target": target, "recommendation": best})
+    write_json(out / "bench.json", {"command": "bench", "args": {k: v for k, v in vars(args).items() if k != "fn"},
+                                    "rows": rows, "target": target, "recommendation": best})
     _plot(rows, out / "bench.png")
     print(f"\n| solver | NFE | FD | precision | recall | ms/sample |\n|---|---|---|---|---|---|")
     for r in rows:
