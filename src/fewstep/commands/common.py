@@ -66,6 +66,8 @@ def generate(D, n: int, *, seed: int = 0, label=None, guidance=None, batch_size:
     elif label is not None or guidance is not None:
         raise ValueError("this model is unconditional: --class / --guidance do not apply")
     outs, nfe = [], 0
+    # stochastic samplers (consistency re-noising, SDE / DDIM eta > 0) draw from their own seeded stream
+    opts.setdefault("generator", torch.Generator().manual_seed(seed + 1))
     t0 = time.perf_counter()
     for i in bar(range(0, n, batch_size), total=(n + batch_size - 1) // batch_size, desc="sampling",
                  enabled=progress):
