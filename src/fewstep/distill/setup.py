@@ -4,8 +4,8 @@
 ordinary `training.Trainer`, so checkpoints, exact resume, progress, metrics.csv, EMA, gradient
 accumulation and torchrun DDP all apply. With method "sct" / "scd" the trainer asks this module for
 
-- the process TrigFlow(sigma_data) and prediction "trigflow" (the config is rewritten to say so, so a
-  checkpoint loads as a TrigFlow denoiser);
+- the process TrigFlow(sigma_data) (TrainConfig itself sets process / prediction to "trigflow" for
+  these methods, so a checkpoint loads as a TrigFlow denoiser);
 - the student: with student_init="teacher" (the default when a teacher is given) a copy of the
   teacher's network, reparameterised exactly as F when the teacher is not a TrigFlow model
   (reparam.py), so f = the teacher's denoiser at step 0; otherwise the model preset with
@@ -23,16 +23,7 @@ from .scm import SCMConfig, SCMLoss
 from .teacher import TeacherVelocity
 from .trigflow import build_student
 
-__all__ = ["consistency_config", "build_consistency"]
-
-
-def consistency_config(cfg):
-    """The TrainConfig with the process / prediction a consistency run uses (TrigFlow, F)."""
-    if cfg.method == "diffusion":
-        return cfg
-    return cfg.replace(process="trigflow", process_args={"sigma_data": cfg.sigma_data}, prediction="trigflow",
-                       timesteps="uniform", timestep_args={}, weighting="none", weighting_args={},
-                       learned_weighting=False)
+__all__ = ["build_consistency"]
 
 
 def build_consistency(cfg, num_classes: int, device, generator, rank: int = 0, world_size: int = 1):

@@ -142,10 +142,6 @@ def run_train(args) -> int:
                   f"t~{c.timesteps:<8} w={c.weighting:<6} batch {c.batch_size} x {c.steps} steps")
         return 0
     cfg = _resolve(args)
-    if cfg.method != "diffusion":  # show what will run: TrigFlow(sigma_data), prediction F
-        from ..distill.setup import consistency_config
-
-        cfg = consistency_config(cfg)
     if args.dry_run:
         sys.stdout.write(cfg.to_yaml())
         return 0

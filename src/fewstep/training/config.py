@@ -56,7 +56,8 @@ class TrainConfig:
                  tolerated before stopping)
     consistency: method ("diffusion" = the denoising objective above; "sct" / "scd" = sCM consistency
                  training / distillation, fewstep.distill: the model becomes a TrigFlow student on
-                 TrigFlow(sigma_data), timesteps / weighting are then unused), teacher (sCD: a
+                 TrigFlow(sigma_data): process, prediction, timesteps and weighting are then set to
+                 trigflow / trigflow / uniform (unused) / none), teacher (sCD: a
                  checkpoint, run directory or shipped model name), student_init ("teacher": the
                  student starts as the teacher, any process / prediction; "scratch": the preset's
                  initialisation with model_args), scm_args (SCMConfig options: P_mean, P_std,
@@ -122,6 +123,11 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             value = _coerce(f.name, hints[f.name], getattr(self, f.name))
             object.__setattr__(self, f.name, value)
+        if self.method in ("sct", "scd"):  # a consistency model is a TrigFlow F on TrigFlow(sigma_data)
+            for name, value in (("process", "trigflow"), ("process_args", {"sigma_data": self.sigma_data}),
+                                ("prediction", "trigflow"), ("timesteps", "uniform"), ("timestep_args", {}),
+                                ("weighting", "none"), ("weighting_args", {}), ("learned_weighting", False)):
+                object.__setattr__(self, name, value)
         self.validate()
 
     # ----- validation -----

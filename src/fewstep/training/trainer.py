@@ -160,10 +160,6 @@ class Trainer:
 
     def __init__(self, config, *, out=None, resume=False, progress: bool | None = None):
         cfg = resolve_config(config)
-        if cfg.method != "diffusion":
-            from ..distill.setup import consistency_config
-
-            cfg = consistency_config(cfg)
         if out is not None:
             cfg = cfg.replace(out=str(out))
         if progress is not None:
