@@ -31,20 +31,11 @@ from pathlib import Path
 
 import torch
 
-from fewstep.commands.common import generate
-from fewstep.commands.evaluate import extractor_for, reference_features, scores
+from fewstep.commands.common import pyplot
+from fewstep.commands.evaluate import extractor_for, measure, reference_features
 from fewstep.pretrained import load_denoiser
 
 OUT = Path(__file__).resolve().parent / "results"
-
-
-def measure(D, solver, steps, n, seed, batch, ext, real, repeats=1) -> dict:
-    generate(D, min(64, n), progress=False, solver=solver, steps=steps, batch_size=batch)  # warm-up
-    best = math.inf
-    for _ in range(repeats):
-        x, _, nfe, sec = generate(D, n, seed=seed, batch_size=batch, progress=False, solver=solver, steps=steps)
-        best = min(best, sec)
-    return {"solver": solver, "nfe": nfe, "ms_per_sample": 1e3 * best / n, **scores(ext, real, x)}
 
 
 def time_at_fd(teacher_rows, fd) -> float | None:
@@ -84,8 +75,8 @@ def main(argv=None) -> int:
     rows = []
     for solver in args.teacher_solvers.split(","):
         for nfe in map(int, args.teacher_nfe.split(",")):
-            r = measure(T, None if solver == "default" else solver, nfe, args.n, args.seed, args.batch, ext, real,
-                        args.repeats)
+            _, r = measure(T, ext, real, args.n, solver=None if solver == "default" else solver, steps=nfe,
+                           seed=args.seed, batch_size=args.batch, warmup=min(64, args.n), repeats=args.repeats)
             r.update(model="teacher", solver=solver)
             rows.append(r)
             print(f"teacher {solver:<9} NFE {nfe:>3}: FD {r['fd']:.4f}  {r['ms_per_sample']:.3f} ms/sample", flush=True)
@@ -95,7 +86,8 @@ def main(argv=None) -> int:
         if S.config["dataset"] != dataset:
             raise SystemExit(f"student {path} was trained on {S.config['dataset']}, the teacher on {dataset}")
         for steps in map(int, args.student_steps.split(",")):
-            r = measure(S, "consistency", steps, args.n, args.seed, args.batch, ext, real, args.repeats)
+            _, r = measure(S, ext, real, args.n, solver="consistency", steps=steps, seed=args.seed,
+                           batch_size=args.batch, warmup=min(64, args.n), repeats=args.repeats)
             r.update(model=label)
             rows.append(r)
             print(f"{label:<7} {steps} step(s): FD {r['fd']:.4f}  {r['ms_per_sample']:.3f} ms/sample", flush=True)
@@ -142,12 +134,8 @@ def main(argv=None) -> int:
 
 
 def _plot(rows, path, dataset) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     groups = {}

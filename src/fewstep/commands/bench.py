@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import generate, run_dir, write_json
-from .evaluate import extractor_for, reference_features, scores
+from .common import pyplot, run_dir, write_json
+from .evaluate import extractor_for, measure, reference_features
 
 
 def add_parser(sub) -> None:
@@ -60,14 +60,12 @@ def run(args) -> int:
     if args.student:
         models.append((load_denoiser(args.student, device=args.device), [("consistency", n) for n in (1, 2, 4)]))
     for model, todo in models:
-        generate(model, min(8, args.n), progress=False, solver=todo[0][0], steps=todo[0][1])  # warm-up, untimed
-        for solver, n in todo:
-            x, _, nfe, sec = generate(model, args.n, seed=args.seed, batch_size=args.batch_size, device=args.device,
-                                      progress=False, solver=solver, steps=n)
-            r = {"model": model.source, "solver": solver, "nfe": nfe, "ms_per_sample": 1e3 * sec / args.n,
-                 **scores(ext, real, x)}
+        for i, (solver, n) in enumerate(todo):  # one untimed warm-up per model
+            _, r = measure(model, ext, real, args.n, solver=solver, steps=n, seed=args.seed, batch_size=args.batch_size,
+                           device=args.device, warmup=min(8, args.n) if i == 0 else 0)
+            r = {"model": model.source, **r}
             rows.append(r)
-            print(f"{solver:<14} nfe {nfe:>3}  FD {r['fd']:8.3f}  P {r['precision']:.3f}  R {r['recall']:.3f}  "
+            print(f"{solver:<14} nfe {r['nfe']:>3}  FD {r['fd']:8.3f}  P {r['precision']:.3f}  R {r['recall']:.3f}  "
                   f"{r['ms_per_sample']:.3f} ms/sample", flush=True)
     target = args.target if args.target is not None else 1.1 * min(r["fd"] for r in rows)
     ok = [r for r in rows if r["fd"] <= target]
@@ -90,12 +88,8 @@ def run(args) -> int:
 
 
 def _plot(rows, path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for solver in dict.fromkeys(r["solver"] for r in rows):

@@ -10,7 +10,7 @@ import torch
 
 from ..sample import sample
 
-__all__ = ["run_dir", "write_json", "generate", "add_sampling_arguments", "sampling_options"]
+__all__ = ["run_dir", "write_json", "generate", "add_sampling_arguments", "sampling_options", "pyplot"]
 
 
 def run_dir(out, kind: str) -> Path:
@@ -24,6 +24,19 @@ def write_json(path, obj) -> Path:
     from ..training.checkpoint import atomic_write_text
 
     return atomic_write_text(path, json.dumps(obj, indent=1, default=str))
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend, or None when matplotlib is not installed
+    (plots are an optional extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
 
 
 def add_sampling_arguments(p) -> None:

@@ -22,7 +22,7 @@ import math
 import time
 from pathlib import Path
 
-from .common import generate, write_json
+from .common import pyplot, write_json
 
 __all__ = ["add_parser", "run"]
 
@@ -68,7 +68,7 @@ def run(args) -> int:
     from ..images import save_grid
     from ..pretrained import load_denoiser
     from ..training import get_preset
-    from .evaluate import extractor_for, reference_features, scores
+    from .evaluate import extractor_for, measure, reference_features
 
     t_start = time.time()
     out = Path(args.out)
@@ -100,11 +100,9 @@ def run(args) -> int:
                 ("sCD student", student, "consistency", 2), ("sCD student", student, "consistency", 4)]
     rows, grids = [], {}
     for label, D, solver, steps in settings:
-        generate(D, 32, progress=False, solver=solver, steps=steps)  # warm-up, untimed
-        x, _, nfe, sec = generate(D, args.n, seed=args.seed, batch_size=500, progress=False, solver=solver,
-                                  steps=steps)
-        name = solver or "default"
-        r = {"model": label, "solver": name, "nfe": nfe, "ms_per_sample": 1e3 * sec / args.n, **scores(ext, real, x)}
+        x, r = measure(D, ext, real, args.n, solver=solver, steps=steps, seed=args.seed, warmup=32)
+        name, nfe = solver or "default", r["nfe"]
+        r = {"model": label, **r, "solver": name}
         rows.append(r)
         png = f"{'teacher' if label == 'teacher' else 'student'}_{name}_{nfe}.png"
         save_grid(x[:100], out / png, nrow=10)
@@ -147,12 +145,8 @@ def _report(rows, grids, plot, teacher_spec, teacher_result, student_result, arg
 
 
 def _plot(rows, path) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for (label, solver) in dict.fromkeys((r["model"], r["solver"]) for r in rows):

@@ -59,6 +59,21 @@ def scores(extractor, real_feats, images) -> dict:
             "precision": float(pr.precision), "recall": float(pr.recall)}
 
 
+def measure(D, extractor, real_feats, n: int, *, solver=None, steps: int = 10, seed: int = 0, batch_size: int = 500,
+            device="cpu", warmup: int = 0, repeats: int = 1):
+    """(samples, row) for one sampler setting of a loaded model: `n` samples (after an untimed warm-up
+    of `warmup` samples when > 0), time per sample (min over `repeats` runs) and FD / precision /
+    recall; row = {solver, nfe, ms_per_sample, fd, precision, recall}."""
+    if warmup > 0:
+        generate(D, warmup, progress=False, solver=solver, steps=steps, device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        x, _, nfe, sec = generate(D, n, seed=seed, batch_size=batch_size, device=device, progress=False,
+                                  solver=solver, steps=steps)
+        best = min(best, sec)
+    return x, {"solver": solver, "nfe": nfe, "ms_per_sample": 1e3 * best / n, **scores(extractor, real_feats, x)}
+
+
 def run(args) -> int:
     src = Path(args.model)
     info = {}

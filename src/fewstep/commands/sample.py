@@ -10,7 +10,7 @@ import argparse
 
 import numpy as np
 
-from .common import add_sampling_arguments, generate, run_dir, sampling_options, write_json
+from .common import add_sampling_arguments, generate, pyplot, run_dir, sampling_options, write_json
 
 
 def add_parser(sub) -> None:
@@ -48,12 +48,8 @@ def run(args) -> int:
 
 def _scatter(x, labels, path) -> bool:
     """A scatter plot of the first two coordinates of vector samples; False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     x = x.reshape(len(x), -1).numpy()
     fig, ax = plt.subplots(figsize=(4, 4))
