@@ -730,11 +730,10 @@ def main(argv=None):
         m = row["by_nfe"].get(str(nfe), {})
         return m.get(key) if "error" not in m else None
 
-    def best_diffusers(mix, nfe, defaults_only=True):
+    def best_of(rows, nfe):
+        """(label, rmse) of the lowest finite RMSE among rows that spend at most `nfe` calls, or None."""
         best = None
-        for label, row in ds.get(mix, {}).items():
-            if defaults_only and not row["default"]:
-                continue
+        for label, row in rows:
             m = row["by_nfe"].get(str(nfe), {})
             if "error" in m or m.get("nfe") is None or m["nfe"] > nfe or not math.isfinite(m.get("rmse", math.nan)):
                 continue
@@ -742,15 +741,11 @@ def main(argv=None):
                 best = (label, m["rmse"])
         return best
 
+    def best_diffusers(mix, nfe, defaults_only=True):
+        return best_of(((k, r) for k, r in ds.get(mix, {}).items() if r["default"] or not defaults_only), nfe)
+
     def best_fewstep(mix, nfe):
-        best = None
-        for key, row in fs.get(mix, {}).items():
-            m = row["by_nfe"].get(str(nfe), {})
-            if "error" in m or m.get("nfe") is None or m["nfe"] > nfe or not math.isfinite(m.get("rmse", math.nan)):
-                continue
-            if best is None or m["rmse"] < best[1]:
-                best = (key, m["rmse"])
-        return best
+        return best_of(fs.get(mix, {}).items(), nfe)
 
     # -------------------------------------------------------------- headline
     dflt = default_solver(process)
