@@ -694,7 +694,12 @@ def main(argv=None):
     previous = Setting("unipc", 3, "logsnr", "zero", True, label="previous default: unipc-3 logsnr end=zero lof=True")
     alternative = Setting("unipc-bh1", 3, "vp-power", "zero", True,
                           label="alternative: unipc-bh1-3 vp-power end=zero lof=True")
-    settings += [previous, alternative]
+    # the analytical first step (solvers/common.py analytic_x0) on the default and the alternative
+    afs_default = Setting("unipc", 3, "vp-power", "zero", True, (("afs", True),),
+                          label="default + afs: unipc-3 vp-power afs=True")
+    afs_alternative = Setting("unipc-bh1", 3, "vp-power", "zero", True, (("afs", True),),
+                              label="alternative + afs: unipc-bh1-3 vp-power afs=True")
+    settings += [previous, alternative, afs_default, afs_alternative]
     fs = results["fewstep"]
     per_sample = {}  # (mixture, label, nfe) -> per-sample squared errors, for bootstrap intervals
     t0 = time.time()
@@ -755,12 +760,14 @@ def main(argv=None):
           "uniform in tau(lambda)^(1/kappa) of the reference linear-beta VP, kappa = min(2, 0.75 + NFE/10), the "
           "last one dropped so the last step goes to sigma = 0 from one grid step above t_min). Previous default: "
           "the same solver on the logSNR-uniform grid whose last model call sits at t_min = 1/N. Alternative: "
-          "UniPC-3 bh1 on the same grid. Best diffusers = lowest RMSE among the default-setting schedulers "
+          "UniPC-3 bh1 on the same grid. '+ analytical first step': the same with `afs=True` (the first model call is replaced by the closed-form E[x0 | x_T] of zero-mean Gaussian data, sd 0.5, and spent on one more step). Best diffusers = lowest RMSE among the default-setting schedulers "
           "at the same or a smaller number of model calls. Ratio = fewstep / best diffusers, with a paired "
           "bootstrap 90% interval over samples; target <= 0.75.", "")
     headline = {}
     cands = [("fewstep default", "fewstep default"), ("alternative (unipc-bh1-3, vp-power)", alternative.name()),
-             ("previous default (unipc-3, logsnr)", previous.name())]
+             ("previous default (unipc-3, logsnr)", previous.name()),
+             ("default + analytical first step", afs_default.name()),
+             ("alternative + analytical first step", afs_alternative.name())]
     for mix in problems:
         lines = {k: [] for k in ("bd", "bestf")}
         for _, key in cands:

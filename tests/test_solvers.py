@@ -336,3 +336,53 @@ def test_sample_without_solver_uses_the_default():
             old = sample(g.denoiser(p), noise, solver="unipc", order=3, spacing="logsnr", steps=steps)
             err, err_old = (((x - exact) ** 2).mean().sqrt().item() for x in (out, old))
             assert err < 0.8 * err_old, (p, steps, err, err_old)
+
+
+# ------------------------------------------------------------------ analytical first step (afs)
+
+FIXED_GRID_SOLVERS = ("ddim", "dpm-solver", "dpm-solver-singlestep", "dpm++2m", "dpm++3m", "dpm++2s", "dpm++3s",
+                      "sde-dpm++2m", "unipc", "unipc-bh1", "euler", "heun")
+
+
+@pytest.mark.parametrize("process", [VPDiscrete.linear(), VPCosine(), EDM(), Flow(), TrigFlow()], ids=repr)
+def test_afs_is_exact_for_gaussian_data(process):
+    """For zero-mean Gaussian data of std sigma_data the analytic first output IS the denoiser's, so
+    afs with n calls must equal the plain solver on the same n + 1 step grid, with one call fewer."""
+    from fewstep.solvers.common import analytic_x0
+
+    g = GaussianMixture(torch.zeros(1, 3, dtype=torch.float64), torch.full((1,), 0.5, dtype=torch.float64))
+    noise = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = noise * process.prior_std()
+    assert torch.allclose(analytic_x0(x, process.t_max, process, 0.5), g.denoiser(process)(x, process.t_max),
+                          atol=1e-12)
+    for solver in FIXED_GRID_SOLVERS:
+        steps, plain_steps = (4, 5) if solver == "heun" else (5, 6)  # Heun: 3 grid steps either way
+        kw = lambda: {"generator": torch.Generator().manual_seed(1)} if solver == "sde-dpm++2m" else {}  # noqa: E731
+        D = g.denoiser(process)
+        out, nfe = sample(D, noise, solver=solver, steps=steps, afs=True, return_nfe=True, **kw())
+        assert nfe == steps and D.calls == steps, (solver, nfe, D.calls)
+        ref = sample(g.denoiser(process), noise, solver=solver, steps=plain_steps, **kw())
+        assert torch.allclose(out, ref, atol=1e-10), (solver, (out - ref).abs().max())
+
+
+def test_afs_helps_at_five_calls():
+    """On a mixture (not Gaussian; means ~ N(0, 1), so roughly centred) the analytic first output is only
+    approximate, but spending the saved call on one more step is still more accurate at 5 calls
+    (benchmarks/solvers.py; with a mean far from 0 it is not, which is why afs is off by default)."""
+    g = GaussianMixture.random(d=8, K=6, std_range=(0.2, 0.5), seed=0)
+    p = VPDiscrete.linear()
+    noise = torch.randn(256, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    exact = g.ode(noise * p.prior_std(), p.t_max, 0.0, p)
+    for solver in ("unipc", "unipc-bh1", "dpm++2m"):
+        err = {afs: ((sample(g.denoiser(p), noise, solver=solver, steps=5, afs=afs) - exact) ** 2).mean().sqrt().item()
+               for afs in (False, True)}
+        assert err[True] < 0.95 * err[False], (solver, err)
+
+
+def test_afs_bad_input():
+    g = GaussianMixture.random(d=2, K=2, seed=0)
+    noise = torch.randn(3, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="afs"):
+        sample(g.denoiser(VPLinear()), noise, solver="dpm-solver-adaptive", afs=True)
+    with pytest.raises(ValueError, match="afs must be True or False"):
+        sample(g.denoiser(VPLinear()), noise, solver="unipc", afs="yes")

@@ -120,6 +120,8 @@ def sample(model, noise: Tensor, *, process=None, prediction: str = "eps", solve
     Guidance: cond / uncond dicts with guidance_scale (CFG), or class_labels with
     guidance_scale (uncond = the null class, index num_classes, given as `uncond`), or a
     classifier(x, t, y) -> log p(y|x_t) with classifier_scale. thresholding: "static" | "dynamic".
+    afs=True (solver option, any fixed-grid solver): the analytical first step (solvers/common.py
+    `analytic_x0`) stands in for the first model call, which buys one more step at the same calls.
     Returns the samples (and the model calls used when return_nfe=True).
     """
     D = _as_denoiser(model, process, prediction, sigma_data, model_dtype)
@@ -169,14 +171,19 @@ def sample(model, noise: Tensor, *, process=None, prediction: str = "eps", solve
     if spec.fn in (ddim, sde_dpmpp_2m, edm_sampler) and "generator" not in opts:
         opts["generator"] = generator
     grid_end = "t_min" if end in ("t_min", "denoise") else "zero"
+    afs = opts.get("afs", False)
+    if not isinstance(afs, bool):
+        raise ValueError(f"afs must be True or False, got {afs!r}")
+    if afs and spec.fn is dpm_adaptive:
+        raise ValueError("afs (analytical first step) needs a fixed grid; 'dpm-solver-adaptive' has none")
     if spec.fn is dpm_adaptive:
         t1 = float(proc.t_min if t_end is None else t_end)
         out = dpm_adaptive(D, x, t0, t1, **common, **opts)
         nfe = D.last_nfe
     else:
-        n = steps
+        n = steps + afs  # afs: the first call is analytic, so one more step for the same calls
         if spec.fn is edm_sampler and opts.get("heun", True):
-            n = (steps + 1) // 2 if grid_end == "zero" else max(1, steps // 2)
+            n = (steps + 1 + afs) // 2 if grid_end == "zero" else max(1, (steps + afs) // 2)
         sp = spacing if spacing is not None else spec.spacing
         ts = make_grid(proc, n, sp, end=grid_end, t_start=t0, t_end=t_end, rho=rho)
         out = spec.fn(D, x, ts, **common, progress=progress, **opts)

@@ -18,13 +18,13 @@ __all__ = ["ddim"]
 
 
 def ddim(denoiser, x: Tensor, ts, *, eta: float = 0.0, generator: torch.Generator | None = None,
-         cond: dict | None = None, callback=None, progress: bool = False) -> Tensor:
+         cond: dict | None = None, callback=None, progress: bool = False, afs: bool = False) -> Tensor:
     """DDIM with stochasticity eta >= 0 (noise z drawn from `generator`)."""
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     process = denoiser.process
     g = Grid.of(process, ts)
-    model = Model(denoiser, process, cond)
+    model = Model(denoiser, process, cond, afs)
     for i in steps_iter(len(g) - 1, progress, "DDIM"):
         x0 = model.x0(x, g.ts[i])
         if callback is not None:

@@ -40,7 +40,7 @@ def _check_form(form: str, solver_type: str):
 
 def dpm_multistep(denoiser, x: Tensor, ts, *, order: int = 2, form: str = "data", solver_type: str = "midpoint",
                   lower_order_final=True, diffusers_3m: bool = False, cond: dict | None = None, callback=None,
-                  progress: bool = False) -> Tensor:
+                  progress: bool = False, afs: bool = False) -> Tensor:
     """Multistep DPM-Solver (form="noise") / DPM-Solver++ 2M, 3M (form="data"), orders 1-3.
 
     One model call per step; the first steps warm up with lower orders. `ts` is the decreasing
@@ -53,7 +53,7 @@ def dpm_multistep(denoiser, x: Tensor, ts, *, order: int = 2, form: str = "data"
     _check_form(form, solver_type)
     process = denoiser.process
     g = Grid.of(process, ts)
-    model = Model(denoiser, process, cond)
+    model = Model(denoiser, process, cond, afs)
     n = len(g) - 1
     hist: list[tuple[float, Tensor]] = []
     for i in steps_iter(n, progress, f"DPM-Solver{'++' if form == 'data' else ''} {order}M"):
@@ -164,7 +164,7 @@ def _single_update(model: Model, process, x: Tensor, s: float, t: float, m_s: Te
 
 def dpm_singlestep(denoiser, x: Tensor, ts, *, orders=None, order: int = 3, form: str = "noise",
                    solver_type: str = "midpoint", cond: dict | None = None, callback=None,
-                   progress: bool = False) -> Tensor:
+                   progress: bool = False, afs: bool = False) -> Tensor:
     """Singlestep DPM-Solver (form="noise") / DPM-Solver++ 2S, 3S (form="data").
 
     `ts` is the grid of all model-call times (len = sum(orders) + 1): a step of order k goes from
@@ -183,7 +183,7 @@ def dpm_singlestep(denoiser, x: Tensor, ts, *, orders=None, order: int = 3, form
         orders = orders[:-1] + [orders[-1] - 1, 1]
     if sum(orders) != n or any(o not in (1, 2, 3) for o in orders):
         raise ValueError(f"orders {orders} must be in 1..3 and sum to the {n} steps of the grid")
-    model = Model(denoiser, process, cond)
+    model = Model(denoiser, process, cond, afs)
     p = 0
     for j in steps_iter(len(orders), progress, f"DPM-Solver{'++' if form == 'data' else ''} singlestep"):
         k = orders[j]
@@ -245,7 +245,8 @@ def dpm_adaptive(denoiser, x: Tensor, t_start: float, t_end: float, *, order: in
 
 
 def sde_dpmpp_2m(denoiser, x: Tensor, ts, *, generator: torch.Generator | None = None, solver_type: str = "midpoint",
-                 lower_order_final=True, cond: dict | None = None, callback=None, progress: bool = False) -> Tensor:
+                 lower_order_final=True, cond: dict | None = None, callback=None, progress: bool = False,
+                 afs: bool = False) -> Tensor:
     """SDE-DPM-Solver++(2M) (DPM-Solver++ section 5, diffusers' sde-dpmsolver++):
 
         x_t = (sigma_t/sigma_s) e^-h x_s + alpha_t (1 - e^-2h) D_s [+ second-order term]
@@ -254,7 +255,7 @@ def sde_dpmpp_2m(denoiser, x: Tensor, ts, *, generator: torch.Generator | None =
     _check_form("data", solver_type)
     process = denoiser.process
     g = Grid.of(process, ts)
-    model = Model(denoiser, process, cond)
+    model = Model(denoiser, process, cond, afs)
     n = len(g) - 1
     prev = None
     for i in steps_iter(n, progress, "SDE-DPM-Solver++ 2M"):

@@ -21,13 +21,13 @@ __all__ = ["edm_sampler"]
 
 def edm_sampler(denoiser, x: Tensor, ts, *, heun: bool = True, S_churn: float = 0.0, S_min: float = 0.0,
                 S_max: float = float("inf"), S_noise: float = 1.0, generator: torch.Generator | None = None,
-                cond: dict | None = None, callback=None, progress: bool = False) -> Tensor:
+                cond: dict | None = None, callback=None, progress: bool = False, afs: bool = False) -> Tensor:
     """EDM Euler (heun=False) or Heun (heun=True) sampler on the grid `ts` (e.g. spacing "karras")."""
     if S_churn < 0 or S_noise < 0:
         raise ValueError("S_churn and S_noise must be >= 0")
     process = denoiser.process
     g = Grid.of(process, ts)
-    model = Model(denoiser, process, cond)
+    model = Model(denoiser, process, cond, afs)
     n = len(g) - 1
     sig = [math.exp(-lam) for lam in g.lam]  # sigma~ (0 where lambda = inf)
     xt = x / g.alpha[0]  # VE coordinates

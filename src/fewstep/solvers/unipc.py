@@ -64,7 +64,7 @@ def _update(x_s: Tensor, hist, g: Grid, i: int, k: int, form: str, variant: str,
 
 def unipc(denoiser, x: Tensor, ts, *, order: int = 2, variant: str = "bh2", form: str = "data",
           lower_order_final=True, corrector: bool = True, disable_corrector=(), cond: dict | None = None,
-          callback=None, progress: bool = False) -> Tensor:
+          callback=None, progress: bool = False, afs: bool = False) -> Tensor:
     """UniPC-p with UniC correction (UniPC-`order`), one model call per step."""
     if order not in (1, 2, 3):
         raise ValueError(f"UniPC here has orders 1, 2, 3; got {order}")
@@ -74,7 +74,7 @@ def unipc(denoiser, x: Tensor, ts, *, order: int = 2, variant: str = "bh2", form
         raise ValueError(f"form must be 'data' or 'noise', got {form!r}")
     process = denoiser.process
     g = Grid.of(process, ts)
-    model = Model(denoiser, process, cond)
+    model = Model(denoiser, process, cond, afs)
     n = len(g) - 1
     hist: list = []
     x_prev = None
