@@ -51,6 +51,19 @@ METHODS = {
     "min-snr": dict(timesteps="uniform", weighting="min-snr", weighting_args={"gamma": 5.0}),
     "logit-normal": dict(timesteps="logit-normal", timestep_args={"m": 0.0, "s": 1.0}, weighting="none"),
 }
+MAIN = list(METHODS)
+
+# SpeeD ablations and hyper-parameter variations (run with --methods; not in the default set)
+METHODS.update({
+    "speed-sampling-only": dict(timesteps="speed", timestep_args={"k": 5.0, "tau": 700}, weighting="none"),
+    "speed-weighting-only": dict(timesteps="uniform", weighting="speed", weighting_args={"lam": 0.6, "tau": 700}),
+    "speed-k2": dict(timesteps="speed", timestep_args={"k": 2.0, "tau": 700}, weighting="speed",
+                     weighting_args={"lam": 0.6, "tau": 700}),
+    "speed-tau500": dict(timesteps="speed", timestep_args={"k": 5.0, "tau": 500}, weighting="speed",
+                         weighting_args={"lam": 0.6, "tau": 500}),
+    "speed-lam0.9": dict(timesteps="speed", timestep_args={"k": 5.0, "tau": 700}, weighting="speed",
+                         weighting_args={"lam": 0.9, "tau": 700}),
+})
 
 # dataset: (model preset, default base channels). Both are reduced from the presets' widths
 # (unet-digits 32, unet-mnist 64) so that 3 seeds x 4 methods fit a CPU budget.
@@ -245,7 +258,7 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=",".join(MAIN), help=f"comma list of {', '.join(METHODS)}")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
@@ -256,6 +269,8 @@ def main(argv=None):
     p.add_argument("--solver", default="unipc", choices=["unipc", "dpm++2m"])
     p.add_argument("--jobs", type=int, default=1, help="parallel processes (one torch thread each)")
     p.add_argument("--tag", default="", help="suffix for the output names, e.g. _reduced")
+    p.add_argument("--name", default=None, help="output file stem (default training_speed_<dataset><tag>); "
+                   "stored runs are still shared by dataset and tag")
     p.add_argument("--out", default=str(HERE / "results"), help="directory for the .png / .json")
     p.add_argument("--fresh", action="store_true", help="ignore stored runs")
     p.add_argument("--summary-only", action="store_true", help="only summarise the stored runs")
@@ -334,7 +349,7 @@ def main(argv=None):
     iters, median, target, rows, text = summarise(results, args, floor)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    png = out / f"training_speed_{args.dataset}{args.tag}.png"
+    png = out / f"{args.name or f'training_speed_{args.dataset}{args.tag}'}.png"
     plot(results, iters, median, target, args, png)
     rec = {"args": {k: v for k, v in vars(args).items()}, "classifier": f"classifier-{args.dataset} (shipped)",
            "fd_floor": floor, "iters": iters, "median": median, "target": target, "summary": rows,

@@ -428,6 +428,8 @@ PRESETS: dict[str, TrainConfig] = {
                                      model_args={"time_scale": 10.0}, steps=4000, **_SPEED),
     "fashion-speed": _fashion(name="fashion-speed", **_SPEED),
     "fashion-uniform": _fashion(name="fashion-uniform"),
+    "fashion-speed-trigflow": _fashion(name="fashion-speed-trigflow", process="trigflow", prediction="trigflow",
+                                       model_args={"time_scale": 10.0}, **_SPEED),
     # 2-D Gaussian mixture (8 modes) with an MLP: seconds per thousand steps on CPU
     "toy-2d": TrainConfig(name="toy-2d", dataset="gmm2d", data_args={"n": 10000}, model="mlp-2d",
                           process="vp", prediction="eps", conditional=False, lr=1e-3, batch_size=256,
@@ -445,6 +447,14 @@ PRESETS: dict[str, TrainConfig] = {
                           betas=(0.9, 0.99), lr=2e-4, warmup_steps=0, grad_clip=1.0, steps=10000,
                           ema_half_life=12800.0, ema_warmup_ratio=None, checkpoint_every=2000,
                           scm_args={"tangent_warmup": 1000, "adaptive_weight": False}),
+    "fashion-scd": _fashion(name="fashion-scd", method="scd", teacher="runs/fashion-teacher", optimizer="radam",
+                            betas=(0.9, 0.99), lr=1e-4, warmup_steps=0, grad_clip=1.0, steps=20000,
+                            ema_half_life=50000.0, ema_warmup_ratio=None, checkpoint_every=1000,
+                            scm_args={"tangent_warmup": 1000, "adaptive_weight": False}),
+    "fashion-sct": _fashion(name="fashion-sct", method="sct", student_init="scratch", optimizer="radam",
+                            betas=(0.9, 0.99), lr=2e-4, warmup_steps=0, grad_clip=1.0, steps=50000,
+                            ema_half_life=50000.0, ema_warmup_ratio=None, checkpoint_every=2000,
+                            scm_args={"tangent_warmup": 2000, "adaptive_weight": False}),
     # smoke tests: tiny networks, a handful of steps
     "digits-tiny": _digits(name="digits-tiny", model="unet-tiny", batch_size=16, steps=20, warmup_steps=5,
                            ema_half_life=1000.0, checkpoint_every=0, log_every=5, progress=False),
