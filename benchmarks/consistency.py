@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=2, help="timing repeats (min is reported)")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma list of noise seeds; FD / precision / recall are averaged "
+                    "over them (timing uses the first)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
     if args.threads:
@@ -72,11 +73,23 @@ def main(argv=None) -> int:
     dataset = T.config["dataset"]
     ext = extractor_for("classifier", dataset)
     real, _ = reference_features(ext, dataset)
+    seeds = [int(v) for v in args.seeds.split(",")]
+
+    def run(D, solver, steps):
+        """measure() on every seed: timing from the first (with warm-up and repeats), scores averaged."""
+        runs = [measure(D, ext, real, args.n, solver=solver, steps=steps, seed=s, batch_size=args.batch,
+                        warmup=min(64, args.n) if i == 0 else 0, repeats=args.repeats if i == 0 else 1)[1]
+                for i, s in enumerate(seeds)]
+        r = dict(runs[0])
+        for key in ("fd", "precision", "recall"):
+            r[key] = sum(x[key] for x in runs) / len(runs)
+        r["fd_seeds"] = [x["fd"] for x in runs]
+        return r
+
     rows = []
     for solver in args.teacher_solvers.split(","):
         for nfe in map(int, args.teacher_nfe.split(",")):
-            _, r = measure(T, ext, real, args.n, solver=None if solver == "default" else solver, steps=nfe,
-                           seed=args.seed, batch_size=args.batch, warmup=min(64, args.n), repeats=args.repeats)
+            r = run(T, None if solver == "default" else solver, nfe)
             r.update(model="teacher", solver=solver)
             rows.append(r)
             print(f"teacher {solver:<9} NFE {nfe:>3}: FD {r['fd']:.4f}  {r['ms_per_sample']:.3f} ms/sample", flush=True)
@@ -86,8 +99,7 @@ def main(argv=None) -> int:
         if S.config["dataset"] != dataset:
             raise SystemExit(f"student {path} was trained on {S.config['dataset']}, the teacher on {dataset}")
         for steps in map(int, args.student_steps.split(",")):
-            _, r = measure(S, ext, real, args.n, solver="consistency", steps=steps, seed=args.seed,
-                           batch_size=args.batch, warmup=min(64, args.n), repeats=args.repeats)
+            r = run(S, "consistency", steps)
             r.update(model=label)
             rows.append(r)
             print(f"{label:<7} {steps} step(s): FD {r['fd']:.4f}  {r['ms_per_sample']:.3f} ms/sample", flush=True)
@@ -97,7 +109,8 @@ def main(argv=None) -> int:
     lines = [f"# Consistency benchmark: {dataset}", "",
              f"Teacher `{args.teacher}`; students {args.students}; FD = Frechet distance in the shipped "
              f"{dataset} classifier's feature space to the {len(real)} training images; {args.n} samples per "
-             f"setting (labels spread over the classes, seed {args.seed}), batch {args.batch}, CPU "
+             f"setting and seed (labels spread over the classes; FD, precision, recall: mean over noise seeds "
+             f"{args.seeds}, min-max in brackets), batch {args.batch}, CPU "
              f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
              f"threads; time = min of {args.repeats} runs.", "",
              f"Command: `python benchmarks/consistency.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
@@ -110,7 +123,8 @@ def main(argv=None) -> int:
             t_eq = time_at_fd(dpm, r["fd"])
             speed = f"{t_eq / r['ms_per_sample']:.1f}x" if t_eq else "teacher never as good"
             r["speedup_equal_fd"] = t_eq / r["ms_per_sample"] if t_eq else None
-        lines.append(f"| {r['model']} | {r['solver']} | {r['nfe']} | {r['fd']:.4f} | {ratio} | {r['precision']:.3f} | "
+        spread = f" [{min(r['fd_seeds']):.4f}, {max(r['fd_seeds']):.4f}]" if len(r["fd_seeds"]) > 1 else ""
+        lines.append(f"| {r['model']} | {r['solver']} | {r['nfe']} | {r['fd']:.4f}{spread} | {ratio} | {r['precision']:.3f} | "
                      f"{r['recall']:.3f} | {r['ms_per_sample']:.3f} | {speed} |")
     if ref:
         lines += ["", f"Targets (teacher reference: best DPM-Solver++ FD at >= 20 calls = {ref:.4f}):"]
