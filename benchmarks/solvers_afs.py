@@ -48,7 +48,8 @@ def main(argv=None):
     t0 = time.time()
     p = VPDiscrete.linear()
     ratios = {}  # (variant, oracle, nfe) -> RMSE / default's RMSE
-    for name, g in oracles().items():
+    mixtures = oracles()
+    for name, g in mixtures.items():
         pb = Problem.make(name, g, p, args.samples, NOISE_SEED)
         for nfe in NFES:
             base = pb.score(sample(g.denoiser(p), pb.noise, steps=nfe))["rmse"]
@@ -56,7 +57,7 @@ def main(argv=None):
                 out = sample(g.denoiser(p), pb.noise, solver=solver, order=3, steps=nfe, afs=afs)
                 ratios[(label, name, nfe)] = pb.score(out)["rmse"] / base
         print(f"[{name}: {time.time() - t0:.0f}s]", flush=True)
-    names = list(oracles())
+    names = list(mixtures)
     lines = ["# Analytical first step (benchmarks/solvers_afs.py)", "",
              f"Exact-oracle RMSE ratio to the default setting (UniPC-3 bh2, vp-power, afs off) at the same number of "
              f"model calls; linear-beta VP, {args.samples} samples (noise seed {NOISE_SEED}); mixtures: the benchmark's "

@@ -419,6 +419,14 @@ def _fashion(**kw) -> TrainConfig:
 _SPEED = dict(timesteps="speed", timestep_args={"k": 5.0, "tau": 700}, weighting="speed",
               weighting_args={"lam": 0.6, "tau": 700})
 
+# what every sCM preset shares (sCM's optimiser settings, no lr warm-up, EMA from the first step)
+_SCM = dict(optimizer="radam", betas=(0.9, 0.99), warmup_steps=0, grad_clip=1.0, ema_warmup_ratio=None)
+
+
+def _scm_args(tangent_warmup: int) -> dict:
+    return {"tangent_warmup": tangent_warmup, "adaptive_weight": False}
+
+
 PRESETS: dict[str, TrainConfig] = {
     # SpeeD (Wang et al. 2024) with the official k = 5, tau = 700 of 1000, lam = 0.6
     "digits-speed": _digits(name="digits-speed", **_SPEED),
@@ -440,22 +448,14 @@ PRESETS: dict[str, TrainConfig] = {
     # teacher on discrete VP (index time input) the student degrades once the tangent warm-up ends, and
     # the adaptive weight w(t) made that worse (gradient norm x20 in 1000 steps); lr 5e-4 / 2e-3 diverged.
     # The shipped digits-scd is this preset's 9000-iteration checkpoint (2-step FD 1.06x the teacher's).
-    "digits-scd": _digits(name="digits-scd", method="scd", teacher="digits-teacher", optimizer="radam",
-                          betas=(0.9, 0.99), lr=1e-4, warmup_steps=0, grad_clip=1.0, steps=12000,
-                          ema_half_life=12800.0, ema_warmup_ratio=None, checkpoint_every=500,
-                          scm_args={"tangent_warmup": 200, "adaptive_weight": False}),
-    "digits-sct": _digits(name="digits-sct", method="sct", student_init="scratch", optimizer="radam",
-                          betas=(0.9, 0.99), lr=2e-4, warmup_steps=0, grad_clip=1.0, steps=10000,
-                          ema_half_life=12800.0, ema_warmup_ratio=None, checkpoint_every=2000,
-                          scm_args={"tangent_warmup": 1000, "adaptive_weight": False}),
-    "fashion-scd": _fashion(name="fashion-scd", method="scd", teacher="runs/fashion-teacher", optimizer="radam",
-                            betas=(0.9, 0.99), lr=1e-4, warmup_steps=0, grad_clip=1.0, steps=20000,
-                            ema_half_life=50000.0, ema_warmup_ratio=None, checkpoint_every=1000,
-                            scm_args={"tangent_warmup": 1000, "adaptive_weight": False}),
-    "fashion-sct": _fashion(name="fashion-sct", method="sct", student_init="scratch", optimizer="radam",
-                            betas=(0.9, 0.99), lr=2e-4, warmup_steps=0, grad_clip=1.0, steps=50000,
-                            ema_half_life=50000.0, ema_warmup_ratio=None, checkpoint_every=2000,
-                            scm_args={"tangent_warmup": 2000, "adaptive_weight": False}),
+    "digits-scd": _digits(name="digits-scd", method="scd", teacher="digits-teacher", lr=1e-4, steps=12000,
+                          ema_half_life=12800.0, checkpoint_every=500, scm_args=_scm_args(200), **_SCM),
+    "digits-sct": _digits(name="digits-sct", method="sct", student_init="scratch", lr=2e-4, steps=10000,
+                          ema_half_life=12800.0, checkpoint_every=2000, scm_args=_scm_args(1000), **_SCM),
+    "fashion-scd": _fashion(name="fashion-scd", method="scd", teacher="runs/fashion-teacher", lr=1e-4, steps=20000,
+                            ema_half_life=50000.0, checkpoint_every=1000, scm_args=_scm_args(1000), **_SCM),
+    "fashion-sct": _fashion(name="fashion-sct", method="sct", student_init="scratch", lr=2e-4, steps=50000,
+                            ema_half_life=50000.0, checkpoint_every=2000, scm_args=_scm_args(2000), **_SCM),
     # smoke tests: tiny networks, a handful of steps
     "digits-tiny": _digits(name="digits-tiny", model="unet-tiny", batch_size=16, steps=20, warmup_steps=5,
                            ema_half_life=1000.0, checkpoint_every=0, log_every=5, progress=False),
