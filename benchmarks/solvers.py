@@ -20,7 +20,7 @@ on a sharp (component std 0.05-0.3) and a smooth (0.2-0.5) mixture, d = 16, K = 
   TrigFlow);
 * solver overhead per step (everything outside the network) against a UNet forward at batch 64.
 
-fewstep's default (`sample()` with no solver) is UniPC-3 on the library's "vp-power" grid
+fewstep's default (`sample()` with no solver) is UniPC-3 (bh1 at <= 5 calls) on the library's "vp-power" grid
 (fewstep.spacing); the headline compares it, and the previous default (UniPC-3 on the logSNR grid to
 t_min), with the best diffusers scheduler at its default settings.
 
@@ -753,14 +753,14 @@ def main(argv=None):
         return best_of(fs.get(mix, {}).items(), nfe)
 
     # -------------------------------------------------------------- headline
-    dflt = default_solver(process)
+    dflt = {n: default_solver(process, n)["solver"] for n in nfes}
     R.add("## Headline: fewstep vs the best diffusers scheduler", "",
-          f"fewstep default: `sample()` with no solver given = {dflt}, end='zero': UniPC-3 bh2 (data form, "
-          "corrector on, lower_order_final=True) on the library's `vp-power` grid (fewstep.spacing: NFE + 1 times "
+          f"fewstep default: `sample()` with no solver given (per NFE: {dflt}), end='zero': UniPC-3 (bh1 at <= 5 "
+          "calls, bh2 from 6; data form, corrector on, lower_order_final=True) on the library's `vp-power` grid (fewstep.spacing: NFE + 1 times "
           "uniform in tau(lambda)^(1/kappa) of the reference linear-beta VP, kappa = min(2, 0.75 + NFE/10), the "
           "last one dropped so the last step goes to sigma = 0 from one grid step above t_min). Previous default: "
           "the same solver on the logSNR-uniform grid whose last model call sits at t_min = 1/N. Alternative: "
-          "UniPC-3 bh1 on the same grid. '+ analytical first step': the same with `afs=True` (the first model call is replaced by the closed-form E[x0 | x_T] of zero-mean Gaussian data, sd 0.5, and spent on one more step). Best diffusers = lowest RMSE among the default-setting schedulers "
+          "UniPC-3 bh1 on the same grid. 'default + analytical first step': UniPC-3 bh2 with `afs=True` (from 6 calls the default + afs), 'alternative + analytical first step': UniPC-3 bh1 with `afs=True` (at <= 5 calls the default + afs) (the first model call is replaced by the closed-form E[x0 | x_T] of zero-mean Gaussian data, sd 0.5, and spent on one more step). Best diffusers = lowest RMSE among the default-setting schedulers "
           "at the same or a smaller number of model calls. Ratio = fewstep / best diffusers, with a paired "
           "bootstrap 90% interval over samples; target <= 0.75.", "")
     headline = {}

@@ -322,20 +322,51 @@ def test_sample_without_solver_uses_the_default():
     noise = torch.randn(256, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     for p in (VPDiscrete.linear(), EDM()):
         assert default_solver(p) == {"solver": "unipc", "order": 3, "spacing": "vp-power"}
-        assert SOLVERS["unipc"].spacing == "vp-power"
+        assert default_solver(p, 5) == {"solver": "unipc-bh1", "order": 3, "spacing": "vp-power"}
+        assert SOLVERS["unipc"].spacing == SOLVERS["unipc-bh1"].spacing == "vp-power"
         exact = g.ode(noise * p.prior_std(), p.t_max, 0.0, p)
-        for steps in (5, 10):
+        for steps, variant in ((5, "bh1"), (6, "bh2"), (10, "bh2")):
             D = g.denoiser(p)
             out, nfe = sample(D, noise, steps=steps, return_nfe=True)
             assert nfe == steps and D.calls == steps
-            ref = unipc(g.denoiser(p), noise * p.prior_std(), make_grid(p, steps, "vp-power"), order=3)
+            ref = unipc(g.denoiser(p), noise * p.prior_std(), make_grid(p, steps, "vp-power"), order=3,
+                        variant=variant)
             assert torch.allclose(out, ref, atol=1e-12)
-            named = sample(g.denoiser(p), noise, solver="unipc", order=3, spacing="vp-power", steps=steps)
+            named = sample(g.denoiser(p), noise, solver=f"unipc{'-bh1' if variant == 'bh1' else ''}", order=3,
+                           spacing="vp-power", steps=steps)
             assert torch.equal(out, named)
             # and it is more accurate than the previous default (unipc-3 on the logSNR grid down to t_min)
             old = sample(g.denoiser(p), noise, solver="unipc", order=3, spacing="logsnr", steps=steps)
             err, err_old = (((x - exact) ** 2).mean().sqrt().item() for x in (out, old))
             assert err < 0.8 * err_old, (p, steps, err, err_old)
+
+
+def test_default_with_guidance_is_stable_at_few_calls():
+    """Under CFG the default drops to second order (DPM-Solver++(2M) <= 6 calls, UniPC-2 <= 14), where
+    UniPC-3 overshoots: at scale 7.5 and 5 calls on the class-conditional oracle it is far off the
+    guided ODE's end point (benchmarks/solvers_guided.py)."""
+    p = VPDiscrete.linear()
+    assert default_solver(p, 5, guided=True)["solver"] == "dpm++2m"
+    assert default_solver(p, 10, guided=True) == {"solver": "unipc", "order": 2, "spacing": "vp-power"}
+    assert default_solver(p, 15, guided=True) == default_solver(p, 15)
+    g = GaussianMixture.random(d=16, K=8, std_range=(0.2, 0.5), seed=0, num_classes=4)
+    noise = torch.randn(200, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = torch.arange(200) % 4
+    kw = dict(class_labels=y, guidance_scale=7.5, uncond={"class_labels": torch.full_like(y, 4)})
+    ref = sample(g.denoiser(p), noise, solver="unipc", order=3, spacing="logsnr", steps=400, **kw)
+
+    def err(**opts):
+        return float(((sample(g.denoiser(p), noise, steps=5, **opts, **kw) - ref) ** 2).mean().sqrt())
+
+    e_default = err()
+    assert e_default == err(solver="dpm++2m", spacing="vp-power")
+    assert e_default < 0.4, e_default
+    assert err(solver="unipc", order=3) > 3 * e_default
+    # an explicit order the step-dependent default lacks falls back to the UniPC family
+    assert err(order=3) == err(solver="unipc", order=3)
+    # guidance_scale = 1 is unguided: the unguided default
+    out = sample(g.denoiser(p), noise, steps=5, class_labels=y, guidance_scale=1.0, uncond=kw["uncond"])
+    assert torch.equal(out, sample(g.denoiser(p), noise, steps=5, class_labels=y, solver="unipc-bh1", order=3))
 
 
 # ------------------------------------------------------------------ analytical first step (afs)
