@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from solvers import HELD_OUT, MIX_SEED, MIXTURES, NOISE_SEED, Problem, md_table  # noqa: E402
+from solvers import NOISE_SEED, Problem, md_table  # noqa: E402
+from solvers_afs import oracles  # noqa: E402
 
 from fewstep import sample  # noqa: E402
 from fewstep.processes import VPDiscrete  # noqa: E402
 from fewstep.spacing import _vp_tau, make_grid  # noqa: E402
-from fewstep.testing import GaussianMixture  # noqa: E402
 
 NFES = (5, 6, 8, 10)
 AB = ([1.0], [1.5, -0.5], [23 / 12, -16 / 12, 5 / 12], [55 / 24, -59 / 24, 37 / 24, -9 / 24])
@@ -101,8 +101,7 @@ def main(argv=None):
     torch.set_num_threads(1)
     t0 = time.time()
     proc = VPDiscrete.linear()
-    mixtures = {name: GaussianMixture.random(d=16, K=8, std_range=sr, seed=MIX_SEED) for name, sr in MIXTURES.items()}
-    mixtures.update({name: GaussianMixture.random(K=8, **kw) for name, kw in HELD_OUT.items()})
+    mixtures = {name: g for name, g in oracles().items() if "mean" not in name}  # the centred ones
     ideas = {
         "iPNDM-3 (fixed AB), vp-power grid": lambda D, z, n: ipndm(D, z, make_grid(proc, n, "vp-power"), 3),
         "iPNDM-3 + afs, vp-power grid": lambda D, z, n: ipndm(D, z, make_grid(proc, n + 1, "vp-power"), 3, True),
