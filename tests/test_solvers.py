@@ -362,6 +362,10 @@ def test_default_with_guidance_is_stable_at_few_calls():
     assert e_default == err(solver="dpm++2m", spacing="vp-power")
     assert e_default < 0.4, e_default
     assert err(solver="unipc", order=3) > 3 * e_default
+    # a denoiser wrapped in CFG by the user gets the guided default too
+    from fewstep.guidance import CFG, Thresholded
+    wrapped = Thresholded(CFG(g.denoiser(p), 7.5, {"class_labels": y}, kw["uncond"]), "static", max_val=100.0)
+    assert torch.equal(sample(wrapped, noise, steps=5), sample(wrapped, noise, steps=5, solver="dpm++2m"))
     # an explicit order the step-dependent default lacks falls back to the UniPC family
     assert err(order=3) == err(solver="unipc", order=3)
     # guidance_scale = 1 is unguided: the unguided default

@@ -78,6 +78,16 @@ def default_solver(process: Process, steps: int | None = None, guided: bool = Fa
     return {"solver": "unipc", "order": 3, "spacing": "vp-power"}
 
 
+def _is_guided(D) -> bool:
+    """Whether a given denoiser already carries guidance (a CFG at scale != 1 or a ClassifierGuidance
+    anywhere in its chain of wrappers)."""
+    while D is not None:
+        if isinstance(D, ClassifierGuidance) or (isinstance(D, CFG) and D.scale != 1.0):
+            return True
+        D = getattr(D, "inner", None)
+    return False
+
+
 def _consistency(D, noise, steps, spacing, cond, class_labels, guidance_scale, order, end, generator, callback,
                  progress, return_nfe, scale_noise, t_mid: float | None = None, t_max: float | None = None):
     """solver="consistency": 1-step / 2-step / multistep consistency sampling (distill/sampling.py) of a
@@ -129,7 +139,8 @@ def sample(model, noise: Tensor, *, process=None, prediction: str = "eps", solve
 
     model: a network (wrapped with `process` and `prediction`) or a denoiser.
     solver: one of SOLVERS (default: `default_solver(process, steps, guided)`, which depends on the
-    number of calls and on whether guidance_scale / classifier is given here); steps: model calls;
+    number of calls and on guidance: guidance_scale / classifier given here, or a denoiser already
+    wrapped in CFG / ClassifierGuidance); steps: model calls;
     order: the solver's order; spacing: a spacing name or a list of times (see spacing.py);
     end: "zero" (last step to sigma = 0, no extra call), "t_min" (stop at t_end), or "denoise"
     (stop at t_end and take one more call x0 = D(x, t_end), the official denoise_to_zero).
@@ -144,7 +155,8 @@ def sample(model, noise: Tensor, *, process=None, prediction: str = "eps", solve
     proc = D.process
     if not isinstance(noise, Tensor) or noise.ndim < 1 or noise.shape[0] < 1:
         raise ValueError("noise must be a tensor shaped [batch, ...]")
-    guided = classifier is not None or (guidance_scale is not None and float(guidance_scale) != 1.0)
+    guided = (classifier is not None or (guidance_scale is not None and float(guidance_scale) != 1.0)
+              or _is_guided(D))
     defaults = default_solver(proc, steps if isinstance(steps, int) else None, guided)
     if solver is None and getattr(D, "method", "diffusion") in ("sct", "scd"):
         solver = "consistency"  # a loaded consistency model (pretrained.load_denoiser)
