@@ -427,29 +427,40 @@ def _float64(cls):
         torch.set_default_dtype(saved[2])
 
 
-def run_diffusers(pb: Problem, cls_name: str, kwargs: dict, nfe: int, double: bool = True):
-    """Drives a diffusers scheduler with the exact eps model as diffusers pipelines do; returns
-    (metrics incl. the model calls used, samples, scheduler). Heun gets the step count that spends
-    at most the budget (2 calls per step, the last step to sigma = 0 takes one)."""
+def drive_diffusers(cls_name: str, kwargs: dict, steps: int, noise: torch.Tensor, eps_fn, double: bool = True):
+    """Runs a diffusers scheduler as diffusers pipelines do, `eps_fn(x_in, t)` answering each model call
+    at the scheduler's timestep t (in float64 when `double`, see `_float64`); returns (samples, scheduler)."""
     import diffusers
 
     cls = getattr(diffusers, cls_name)
-    eps_model = pb.g.as_model(pb.process, "eps")  # takes the (fractional) discrete index
-    steps = (nfe + 1) // 2 if cls_name == "HeunDiscreteScheduler" else nfe
     ctx = _float64(cls) if double else contextlib.nullcontext()
     dtype = F64 if double else torch.float32
+    with ctx, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sch = cls(**BETAS, **kwargs)
+        sch.set_timesteps(steps)
+        x = noise.to(dtype) * sch.init_noise_sigma
+        for t in sch.timesteps:
+            x = sch.step(eps_fn(sch.scale_model_input(x, t), t).to(dtype), t, x).prev_sample
+    return x, sch
+
+
+def run_diffusers(pb: Problem, cls_name: str, kwargs: dict, nfe: int, double: bool = True):
+    """Drives a diffusers scheduler with the exact eps model (`drive_diffusers`); returns (metrics incl.
+    the model calls used, samples, scheduler). Heun gets the step count that spends at most the budget
+    (2 calls per step, the last step to sigma = 0 takes one)."""
+    eps_model = pb.g.as_model(pb.process, "eps")  # takes the (fractional) discrete index
+    steps = (nfe + 1) // 2 if cls_name == "HeunDiscreteScheduler" else nfe
     calls = 0
+
+    def eps(x_in, t):
+        nonlocal calls
+        out = eps_model(x_in, torch.full((x_in.shape[0],), float(t), dtype=F64))
+        calls += 1
+        return out
+
     try:
-        with ctx, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            sch = cls(**BETAS, **kwargs)
-            sch.set_timesteps(steps)
-            x = pb.noise.to(dtype) * sch.init_noise_sigma
-            for t in sch.timesteps:
-                xin = sch.scale_model_input(x, t)
-                eps = eps_model(xin, torch.full((x.shape[0],), float(t), dtype=F64)).to(dtype)
-                calls += 1
-                x = sch.step(eps, t, x).prev_sample
+        x, sch = drive_diffusers(cls_name, kwargs, steps, pb.noise, eps, double)
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}", "nfe": calls}, None, None
     m = pb.score(x)

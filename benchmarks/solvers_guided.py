@@ -18,13 +18,12 @@ import math
 import os
 import sys
 import time
-import warnings
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from solvers import BETAS, MIX_SEED, MIXTURES, NOISE_SEED, _float64, md_table, plot_rmse  # noqa: E402
+from solvers import MIX_SEED, MIXTURES, NOISE_SEED, drive_diffusers, md_table, plot_rmse  # noqa: E402
 
 from fewstep import sample  # noqa: E402
 from fewstep.processes import VPDiscrete  # noqa: E402
@@ -65,6 +64,7 @@ class Guided:
         self.ref = sample(D, self.noise, solver="unipc", order=3, spacing="logsnr", steps=1000, **self.kw)
         coarse = sample(D, self.noise, solver="unipc", order=3, spacing="logsnr", steps=500, **self.kw)
         self.ref_check = self.rmse(coarse)
+        self.eps_model = g.as_model(process, "eps")  # takes the (fractional) discrete index
 
     def rmse(self, x) -> float:
         v = float(((x.to(F64) - self.ref) ** 2).mean().sqrt())
@@ -77,24 +77,14 @@ class Guided:
 
     def guided_eps(self, x, t):
         """eps of the guided denoiser for diffusers (discrete index t), one batched cond + uncond call."""
-        m = self.g.as_model(self.process, "eps")
         tt = torch.full((2 * x.shape[0],), float(t), dtype=F64)
-        both = m(torch.cat([x, x]).to(F64), tt, class_labels=torch.cat([self.y, torch.full_like(self.y, NUM_CLASSES)]))
+        both = self.eps_model(torch.cat([x, x]).to(F64), tt,
+                              class_labels=torch.cat([self.y, torch.full_like(self.y, NUM_CLASSES)]))
         e_c, e_u = both.chunk(2)
         return e_u + self.scale * (e_c - e_u)
 
     def diffusers(self, cls_name: str, kwargs: dict, nfe: int) -> float:
-        import diffusers
-
-        cls = getattr(diffusers, cls_name)
-        with _float64(cls), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            sch = cls(**BETAS, **kwargs)
-            sch.set_timesteps(nfe)
-            x = self.noise * sch.init_noise_sigma
-            for t in sch.timesteps:
-                x = sch.step(self.guided_eps(sch.scale_model_input(x, t), t), t, x).prev_sample
-        return self.rmse(x)
+        return self.rmse(drive_diffusers(cls_name, kwargs, nfe, self.noise, self.guided_eps)[0])
 
 
 def main(argv=None):

@@ -31,6 +31,7 @@ from solvers_afs import oracles  # noqa: E402
 
 from fewstep import sample  # noqa: E402
 from fewstep.processes import VPDiscrete  # noqa: E402
+from fewstep.solvers.common import analytic_x0  # noqa: E402
 from fewstep.spacing import _vp_tau, make_grid  # noqa: E402
 
 NFES = (5, 6, 8, 10)
@@ -46,7 +47,7 @@ def ipndm(D, noise, ts, order: int = 3, afs: bool = False, sigma_data: float = 0
     y = noise * p.prior_std() / a[0]
     hist = []
     for i in range(len(sv) - 1):
-        x0 = y * sigma_data**2 / (sigma_data**2 + sv[0] ** 2) if afs and i == 0 else D(y * a[i], ts[i])
+        x0 = analytic_x0(y * a[0], ts[0], p, sigma_data) if afs and i == 0 else D(y * a[i], ts[i])
         hist = ([(y - x0) / sv[i]] + hist)[:order]
         y = y + (sv[i + 1] - sv[i]) * sum(c * e for c, e in zip(AB[len(hist) - 1], hist))
     return y * a[-1]
