@@ -1,12 +1,15 @@
 """The command line end to end on a tiny training run, and its one-line errors."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from fewstep import sample
 from fewstep.cli import main
+from fewstep.pretrained import load_denoiser
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +41,33 @@ def test_sample_eval_bench(tiny_run, tmp_path, capsys):
     assert "recommended:" in capsys.readouterr().out
 
 
+def test_fit_solver_then_sample(tiny_run, tmp_path, capsys):
+    """fit-solver writes a fitted solver that `sample --solver FILE.json` uses (with guidance too)."""
+    fit = tmp_path / "fit3.json"
+    assert main(["fit-solver", str(tiny_run), "--steps", "3", "--n", "24", "--max-iter", "2", "--reference-steps", "12",
+                 "--guidance", "2", "--out", str(fit)]) == 0
+    assert "fitted a 3-call solver" in capsys.readouterr().out
+    meta = json.loads(fit.read_text())["meta"]
+    assert meta["val_rmse"] <= meta["val_rmse_init"] and meta["guidance"] == 2.0 and meta["n_val"] == 6
+    s = tmp_path / "s"
+    assert main(["sample", str(tiny_run), "--solver", str(fit), "--guidance", "2", "--n", "6", "--out", str(s)]) == 0
+    assert "(3 model calls each" in capsys.readouterr().out
+    with np.load(s / "samples.npz") as f:
+        assert f["images"].shape == (6, 1, 8, 8) and np.isfinite(f["images"]).all()
+    assert main(["sample", str(tiny_run), "--solver", str(fit), "--steps", "5", "--out", str(s)]) == 2
+    assert "makes 3 model calls; steps=5" in capsys.readouterr().err
+    # a run directory keeps its fits in RUN/solvers/, and the loaded model samples with them by default
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["fit-solver", str(run), "--steps", "3", "--n", "8", "--max-iter", "1", "--reference-steps", "6"]) == 0
+    assert (run / "solvers" / "fit-3.json").is_file()
+    D = load_denoiser(str(run))
+    fs = D.fitted_solvers[(3, None)]
+    z = torch.randn(4, 1, 8, 8)
+    y = torch.arange(4)
+    torch.testing.assert_close(sample(D, z, steps=3, class_labels=y), sample(D, z, solver=fs, class_labels=y))
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["sample", "/nonexistent/run"], "neither a checkpoint"),
     (["eval", "/nonexistent/x.npz", "--dataset", "digits"], "does not exist"),
@@ -45,6 +75,8 @@ def test_sample_eval_bench(tiny_run, tmp_path, capsys):
     (["bench", "RUN", "--steps", "0,3"], "positive integers"),
     (["sample", "RUN", "--steps", "0"], "steps must be a positive integer"),
     (["sample", "RUN", "--class", "12"], "--class must be in"),
+    (["sample", "RUN", "--solver", "/nonexistent/fit.json"], "no fitted solver at"),
+    (["fit-solver", "RUN", "--steps", "1"], "steps must be an integer >= 2"),
     (["eval", "NPZ", "--dataset", "digits"], "do not match"),
 ])
 def test_bad_input_is_one_line(tiny_run, tmp_path, capsys, argv, msg):

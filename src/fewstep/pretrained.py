@@ -7,6 +7,11 @@
 
 Shipped models are training checkpoints reduced to the EMA weights (safetensors) and their JSON
 config, written by `scripts/ship_model.py`.
+
+Fitted solvers (`fewstep fit-solver`) travel with a model: those in a shipped model's JSON
+("fitted_solvers") and those in a run directory's `solvers/` folder are loaded into
+`D.fitted_solvers` ({model calls: FittedSolver}), and `sample()` without `solver=` uses the one for
+the number of calls asked (and the same guidance scale) instead of the fixed default.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class LoadedModel(Denoiser):
     num_classes: int | None
     source: str
     method: str
+    fitted_solvers: dict
 
 
 def _read(spec) -> tuple[dict, dict, str]:
@@ -85,7 +91,26 @@ def load_denoiser(spec, device="cpu", model_dtype: torch.dtype | None = None) ->
     D.num_classes = meta.get("num_classes")
     D.source = source
     D.method = cfg.method  # "diffusion", or "sct" / "scd" for a consistency model (sample it with solver="consistency")
+    D.fitted_solvers = _fitted_solvers(meta, spec)
     return D
+
+
+def _fitted_solvers(meta: dict, spec) -> dict:
+    """{(model calls, guidance scale or None): FittedSolver} shipped in the meta or saved in a run directory's
+    solvers/ folder (later files replace earlier ones for the same key)."""
+    from .solvers.fitted import FittedSolver
+
+    found = [FittedSolver.from_dict(d) for d in meta.get("fitted_solvers", [])]
+    folder = Path(spec) / "solvers" if not (isinstance(spec, str) and spec in shipped_models()) else None
+    if folder is not None and folder.is_dir():
+        found += [FittedSolver.load(f) for f in sorted(folder.glob("*.json"))]
+    return {(fs.nfe, fitted_guidance(fs)): fs for fs in found}
+
+
+def fitted_guidance(fs) -> float | None:
+    """The guidance scale a fitted solver was fitted under (None: unguided; scale 1 counts as unguided)."""
+    g = fs.meta.get("guidance")
+    return None if g is None or float(g) == 1.0 else float(g)
 
 
 def _shape_of(model_config: dict) -> tuple:

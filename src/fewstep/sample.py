@@ -18,6 +18,7 @@ from .processes import Process, get_process
 from .solvers.ddim import ddim
 from .solvers.dpm_solver import dpm_adaptive, dpm_multistep, dpm_singlestep, sde_dpmpp_2m
 from .solvers.edm import edm_sampler
+from .solvers.fitted import FittedSolver, fitted_solve
 from .solvers.unipc import unipc
 from .spacing import make_grid
 
@@ -120,6 +121,22 @@ def _consistency(D, noise, steps, spacing, cond, class_labels, guidance_scale, o
     return (out, nfe) if return_nfe else out
 
 
+def _grid_options(order, spacing, end, t_start, options) -> list:
+    """The options given that a fitted solver (own calls, times, weights, end at sigma = 0) cannot take."""
+    given = {"order": order, "spacing": spacing, "t_start": t_start}
+    bad = [k for k, v in given.items() if v is not None] + sorted(options)
+    return bad + (["end"] if end != "zero" else [])
+
+
+def _check_fitted(fitted: FittedSolver, steps, order, spacing, end, t_start, options) -> None:
+    """A fitted solver fixes its calls, times and end: refuse options that would contradict it."""
+    if steps != fitted.nfe:
+        raise ValueError(f"this fitted solver makes {fitted.nfe} model calls; steps={steps} was asked")
+    bad = _grid_options(order, spacing, end, t_start, options)
+    if bad:
+        raise ValueError(f"a fitted solver has its own times and weights; it takes no {', '.join(bad)}")
+
+
 def _as_denoiser(model, process, prediction, sigma_data, model_dtype):
     if isinstance(model, Denoiser) or hasattr(model, "process"):
         return model
@@ -128,8 +145,8 @@ def _as_denoiser(model, process, prediction, sigma_data, model_dtype):
     return wrap(model, get_process(process), prediction, sigma_data=sigma_data, model_dtype=model_dtype)
 
 
-def sample(model, noise: Tensor, *, process=None, prediction: str = "eps", solver: str | None = None,
-           steps: int = 10, order: int | None = None, spacing=None, end: str = "zero", t_start=None, t_end=None,
+def sample(model, noise: Tensor, *, process=None, prediction: str = "eps", solver=None,
+           steps: int | None = None, order: int | None = None, spacing=None, end: str = "zero", t_start=None, t_end=None,
            rho: float = 7.0, cond: dict | None = None, uncond: dict | None = None, guidance_scale: float | None = None,
            classifier=None, classifier_scale: float = 1.0, class_labels=None, thresholding: str | None = None,
            threshold_ratio: float = 0.995, threshold_max: float = 1.0, sigma_data: float = 0.5,
@@ -138,9 +155,12 @@ def sample(model, noise: Tensor, *, process=None, prediction: str = "eps", solve
     """Samples from `model` starting at `noise` (N(0, I), scaled to the process's prior std).
 
     model: a network (wrapped with `process` and `prediction`) or a denoiser.
-    solver: one of SOLVERS (default: `default_solver(process, steps, guided)`, which depends on the
-    number of calls and on guidance: guidance_scale / classifier given here, or a denoiser already
-    wrapped in CFG / ClassifierGuidance); steps: model calls;
+    solver: one of SOLVERS, or a `FittedSolver` (`fewstep.fit_solver`, fitted to this model). Default:
+    the fitted solver the model carries for these calls and guidance scale (`D.fitted_solvers`,
+    pretrained.py) when no grid option is given, else `default_solver(process, steps, guided)`, which
+    depends on the number of calls and on guidance (guidance_scale / classifier given here, or a
+    denoiser already wrapped in CFG / ClassifierGuidance); steps: model calls (default 10, or the
+    fitted solver's);
     order: the solver's order; spacing: a spacing name or a list of times (see spacing.py);
     end: "zero" (last step to sigma = 0, no extra call), "t_min" (stop at t_end), or "denoise"
     (stop at t_end and take one more call x0 = D(x, t_end), the official denoise_to_zero).
@@ -155,12 +175,25 @@ def sample(model, noise: Tensor, *, process=None, prediction: str = "eps", solve
     proc = D.process
     if not isinstance(noise, Tensor) or noise.ndim < 1 or noise.shape[0] < 1:
         raise ValueError("noise must be a tensor shaped [batch, ...]")
+    fitted = solver if isinstance(solver, FittedSolver) else None
+    if steps is None:
+        steps = fitted.nfe if fitted is not None else 10
+    if fitted is not None:
+        _check_fitted(fitted, steps, order, spacing, end, t_start, solver_options)
+        solver = None
     guided = (classifier is not None or (guidance_scale is not None and float(guidance_scale) != 1.0)
               or _is_guided(D))
     defaults = default_solver(proc, steps if isinstance(steps, int) else None, guided)
-    if solver is None and getattr(D, "method", "diffusion") in ("sct", "scd"):
+    if solver is None and fitted is None and getattr(D, "method", "diffusion") in ("sct", "scd"):
         solver = "consistency"  # a loaded consistency model (pretrained.load_denoiser)
+    if (solver is None and fitted is None and classifier is None and isinstance(steps, int)
+            and not _grid_options(order, spacing, end, t_start, solver_options)):
+        # a fitted solver the model carries (pretrained.load_denoiser) for these calls and this guidance
+        scale = None if guidance_scale is None or float(guidance_scale) == 1.0 else float(guidance_scale)
+        fitted = getattr(D, "fitted_solvers", {}).get((steps, scale))
     name = solver or defaults["solver"]
+    if not isinstance(name, str):
+        raise ValueError(f"solver must be a name (one of {', '.join(SOLVERS)}) or a FittedSolver, got {name!r}")
     if name == "consistency":
         return _consistency(D, noise, steps, spacing, cond, class_labels, guidance_scale, order, end, generator,
                             callback, progress, return_nfe, scale_noise, **solver_options)
@@ -193,6 +226,15 @@ def sample(model, noise: Tensor, *, process=None, prediction: str = "eps", solve
     if thresholding is not None:
         D = Thresholded(D, thresholding, threshold_ratio, threshold_max)
 
+    if fitted is not None:
+        lam_max_noise = float(proc.lambda_(torch.tensor(proc.t_max, dtype=torch.float64)))
+        if float(fitted.lambdas[0]) < lam_max_noise - 1e-9:
+            raise ValueError(f"the fitted solver starts at lambda = {float(fitted.lambdas[0]):.4g}, noisier than this "
+                             f"process reaches (lambda(t_max) = {lam_max_noise:.4g}); fit it on this process")
+        t0 = float(proc.t_of_lambda(fitted.lambdas[:1])[0])
+        x = noise * (proc.prior_std(t0) if scale_noise else 1.0)
+        out = fitted_solve(D, x, fitted.lambdas, fitted.weights, cond=cond, callback=callback, progress=progress)
+        return (out, fitted.nfe) if return_nfe else out
     t0 = float(proc.t_max if t_start is None else t_start)
     x = noise * (proc.prior_std(t0) if scale_noise else 1.0)
     common = dict(cond=cond, callback=callback)

@@ -41,8 +41,10 @@ def pyplot():
 
 def add_sampling_arguments(p) -> None:
     p.add_argument("--solver", default=None, help="solver name (`fewstep solvers` lists them; default: the "
-                                                  "benchmark's best per process); 'consistency' for students")
-    p.add_argument("--steps", type=int, default=10, help="model calls (NFE) per sample")
+                                                  "benchmark's best per process); 'consistency' for students; or a "
+                                                  "fitted solver's .json (`fewstep fit-solver`)")
+    p.add_argument("--steps", type=int, default=None, help="model calls (NFE) per sample (default 10, or the "
+                                                           "fitted solver's)")
     p.add_argument("--order", type=int, default=None, help="solver order (default: the solver's)")
     p.add_argument("--spacing", default=None, help="step spacing: vp-power (default), logsnr, time, quadratic, karras, linspace, leading, trailing")
     p.add_argument("--guidance", type=float, default=None,
@@ -55,9 +57,14 @@ def add_sampling_arguments(p) -> None:
 
 
 def sampling_options(args) -> dict:
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise ValueError(f"steps must be a positive integer (model calls), got {args.steps}")
-    opts = {"solver": args.solver, "steps": args.steps, "order": args.order}
+    solver = args.solver
+    if solver is not None and solver.endswith(".json"):
+        from ..solvers.fitted import FittedSolver
+
+        solver = FittedSolver.load(solver)
+    opts = {"solver": solver, "steps": args.steps, "order": args.order}
     if args.spacing:
         opts["spacing"] = args.spacing
     return opts

@@ -1,0 +1,166 @@
+"""Fitted solvers (`fewstep.fit_solver`) against the default and diffusers on the exact oracle.
+
+For each of the benchmark's two mixtures (benchmarks/solvers.py: d = 16, K = 8, linear-beta VP) and each
+number of model calls, a solver is fitted on calibration noise (seed 1, never the test noise) against
+the model's own 100-call UniPC-3 end points, exactly as a user would fit one (the oracle's exact ODE is
+only used to score). Scored on the headline's test noise (seed 1000) by RMSE to the exact ODE end
+point, with the share of samples that end in another mixture component than the exact ODE ("flips"),
+against the default (`sample()` without solver) and the best diffusers scheduler with its default
+settings at the same or fewer calls (float64), with a paired bootstrap 90% interval of the ratio.
+
+On real data (--part digits): solvers fitted to the shipped digits teacher (class-conditional UNet,
+labels spread over the classes) on 1024 calibration samples against its own 100-call UniPC-3 solve;
+FD in the shipped digits classifier's features to the 1797 training digits, 2000 samples per seed,
+mean over 3 noise seeds, against the default and DPM-Solver++(2M) at the same calls.
+
+    python benchmarks/solvers_fitted.py [--samples 10000] [--calibration 20000] [--nfe 5,6,8,10]
+    python benchmarks/solvers_fitted.py --part digits [--digits-nfe 5,8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from solvers import (MIX_SEED, MIXTURES, NOISE_SEED, TRAIN_SEED, Problem, bootstrap_ratio,  # noqa: E402
+                     diffusers_cases, md_table, plot_rmse, run_diffusers)
+
+from fewstep import fit_solver, sample  # noqa: E402
+from fewstep.processes import VPDiscrete  # noqa: E402
+from fewstep.testing import GaussianMixture  # noqa: E402
+
+F64 = torch.float64
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--samples", type=int, default=10000, help="test samples per mixture")
+    ap.add_argument("--calibration", type=int, default=20000, help="calibration samples per fit")
+    ap.add_argument("--nfe", default="5,6,8,10", help="model calls, comma-separated")
+    ap.add_argument("--max-iter", type=int, default=100, help="L-BFGS iterations per fit")
+    ap.add_argument("--part", default="mixtures", choices=["mixtures", "digits"])
+    ap.add_argument("--digits-nfe", default="5,8", help="model calls of the digits fits")
+    ap.add_argument("--digits-max-iter", type=int, default=30, help="L-BFGS iterations per digits fit")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "fitted"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    os.makedirs(args.out, exist_ok=True)
+    if args.part == "digits":
+        return digits(args)
+    import diffusers
+
+    diffusers.utils.logging.set_verbosity_error()
+    nfes = [int(v) for v in args.nfe.split(",")]
+    t0 = time.time()
+    p = VPDiscrete.linear()
+    rows, series, fits = [], {}, []
+    for mix, std_range in MIXTURES.items():
+        g = GaussianMixture.random(d=16, K=8, std_range=std_range, seed=MIX_SEED)
+        D = g.denoiser(p)
+        pb = Problem.make(mix, g, p, args.samples, NOISE_SEED)
+        cal = torch.randn(args.calibration, g.d, generator=torch.Generator().manual_seed(TRAIN_SEED), dtype=F64)
+        print(f"[{mix}: test references {time.time() - t0:.0f}s]", flush=True)
+        res = {k: [] for k in ("fitted", "default", "diffusers")}
+        for nfe in nfes:
+            # best diffusers scheduler (default settings) at <= nfe calls
+            best = None
+            for label, cls_name, kwargs, is_default in diffusers_cases(quick=True):
+                m, out, _ = run_diffusers(pb, cls_name, kwargs, nfe)
+                if out is None or not is_default or m["nfe"] > nfe or not math.isfinite(m["rmse"]):
+                    continue
+                if best is None or m["rmse"] < best[1]["rmse"]:
+                    best = (label, m, pb.sq_err(out))
+            t1 = time.time()
+            fs = fit_solver(D, cal, nfe, max_iter=args.max_iter, progress=False)
+            fit_s = time.time() - t1
+            fs.save(os.path.join(args.out, f"fitted_{mix}_{nfe}.json"))
+            out_f, out_d = sample(D, pb.noise, solver=fs), sample(D, pb.noise, steps=nfe)
+            mf, md = pb.score(out_f), pb.score(out_d)
+            se_f, se_d = pb.sq_err(out_f), pb.sq_err(out_d)
+            lo, hi = bootstrap_ratio(se_f, best[2])
+            rows.append([mix, nfe, f"{mf['rmse']:.4f} ({100 * mf['flips']:.2f}%)", f"{md['rmse']:.4f} ({100 * md['flips']:.2f}%)",
+                         f"{best[1]['rmse']:.4f} ({100 * best[1]['flips']:.2f}%) {best[0]}",
+                         f"**{mf['rmse'] / best[1]['rmse']:.2f}** [{lo:.2f}, {hi:.2f}]",
+                         f"{md['rmse'] / best[1]['rmse']:.2f}", f"{mf['rmse'] / md['rmse']:.2f}"])
+            fits.append([mix, nfe, f"{fs.meta['train_rmse_init']:.4f} -> {fs.meta['train_rmse']:.4f}",
+                         f"{fs.meta['val_rmse_init']:.4f} -> {fs.meta['val_rmse']:.4f}", fs.meta["best_iteration"],
+                         f"{fit_s:.0f}", ", ".join(f"{v:.2f}" for v in fs.lambdas.tolist())])
+            res["fitted"].append(mf["rmse"])
+            res["default"].append(md["rmse"])
+            res["diffusers"].append(best[1]["rmse"])
+            print(" | ".join(str(c) for c in rows[-1]), f"[{time.time() - t0:.0f}s]", flush=True)
+        series[mix] = {"fitted (fit_solver)": (res["fitted"], {"lw": 2}),
+                       "fewstep default": (res["default"], {}),
+                       "best diffusers (default settings)": (res["diffusers"], {"ls": "--"})}
+    cmd = (f"python benchmarks/solvers_fitted.py --samples {args.samples} --calibration {args.calibration} "
+           f"--nfe {args.nfe} --max-iter {args.max_iter}")
+    lines = ["# Fitted solvers (benchmarks/solvers_fitted.py)", "", __doc__.split("\n\n")[1].replace("\n", " "), "",
+             f"{args.samples} test samples, {args.calibration} calibration samples (a quarter held out to pick the "
+             f"iterate), {args.max_iter} L-BFGS iterations per fit; command: `{cmd}` ({time.time() - t0:.0f} s on "
+             "one core). Cells: RMSE (flips).", ""]
+    lines += md_table(["mixture", "NFE", "fitted", "fewstep default", "best diffusers", "fitted / diffusers [90%]",
+                       "default / diffusers", "fitted / default"], rows)
+    lines += ["", "## The fits", "", "RMSE to the model's own 100-call end points, before -> after, on the "
+              "calibration part and the held-out part; fitted model-call lambdas.", ""]
+    lines += md_table(["mixture", "NFE", "train", "held out", "best iteration", "seconds", "lambdas"], fits)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(os.path.join(args.out, "solvers_fitted.md"), "w") as f:
+        f.write(text)
+    plot_rmse(os.path.join(args.out, "solvers_fitted.png"), series, nfes, "fitted solvers vs default vs diffusers")
+    print(f"wrote {args.out} ({time.time() - t0:.0f}s)")
+
+
+def digits(args):
+    """Fitted solvers on the shipped digits teacher, scored by FD (3 seeds)."""
+    from fewstep.commands.evaluate import extractor_for, measure, reference_features
+    from fewstep.pretrained import load_denoiser
+
+    t0 = time.time()
+    D = load_denoiser("digits-teacher")
+    for prm in D.model.parameters():
+        prm.requires_grad_(False)
+    ext = extractor_for("classifier", "digits")
+    real, _ = reference_features(ext, "digits")
+    seeds, n_cal = (0, 1, 2), 1024
+    noise = torch.randn(n_cal, *D.sample_shape, generator=torch.Generator().manual_seed(123))
+    cond = {"class_labels": torch.arange(n_cal) % D.num_classes}
+
+    def fd(solver, steps):
+        rows = [measure(D, ext, real, 2000, solver=solver, steps=steps, seed=s)[1] for s in seeds]
+        return sum(r["fd"] for r in rows) / len(rows), [r["fd"] for r in rows]
+
+    rows = []
+    ref20 = fd("dpm++2m", 20)[0]
+    for nfe in [int(v) for v in args.digits_nfe.split(",")]:
+        t1 = time.time()
+        fs = fit_solver(D, noise, nfe, cond=cond, max_iter=args.digits_max_iter, progress=False)
+        fit_s = time.time() - t1
+        fs.save(os.path.join(args.out, f"fitted_digits_{nfe}.json"))
+        for label, solver in (("fitted", fs), ("default", None), ("DPM-Solver++(2M)", "dpm++2m")):
+            mean, per = fd(solver, nfe)
+            extra = (f"fit {fit_s:.0f} s; held-out RMSE to the 100-call solve {fs.meta['val_rmse_init']:.4f} -> "
+                     f"{fs.meta['val_rmse']:.4f}") if label == "fitted" else ""
+            rows.append([label, nfe, f"{mean:.3f} [{min(per):.3f}, {max(per):.3f}]", f"{mean / ref20:.2f}", extra])
+            print(" | ".join(map(str, rows[-1])), f"[{time.time() - t0:.0f}s]", flush=True)
+    lines = ["# Fitted solvers on the digits teacher (benchmarks/solvers_fitted.py --part digits)", "",
+             __doc__.split("\n\n")[2].replace("\n", " "), "",
+             f"Teacher reference: DPM-Solver++(2M) at 20 calls, FD {ref20:.3f}. Command: `python "
+             f"benchmarks/solvers_fitted.py --part digits --digits-nfe {args.digits_nfe} --digits-max-iter "
+             f"{args.digits_max_iter}` ({time.time() - t0:.0f} s "
+             "on one core).", ""]
+    lines += md_table(["solver", "model calls", "FD (3 seeds) [min, max]", "FD / teacher at 20 calls", "fit"], rows)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(os.path.join(args.out, "solvers_fitted_digits.md"), "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
