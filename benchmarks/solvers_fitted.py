@@ -8,12 +8,18 @@ point, with the share of samples that end in another mixture component than the 
 against the default (`sample()` without solver) and the best diffusers scheduler with its default
 settings at the same or fewer calls (float64), with a paired bootstrap 90% interval of the ratio.
 
+Under classifier-free guidance (--part guided): the class-conditional mixtures of
+benchmarks/solvers_guided.py at CFG scales 3 and 7.5, fitted through `LabelCFG` (labels cycling over
+the calibration batch) and scored against the guided ODE's 1000-step reference, beside fewstep's
+guided default and diffusers' multistep schedulers driven by the same guided eps.
+
 On real data (--part digits): solvers fitted to the shipped digits teacher (class-conditional UNet,
 labels spread over the classes) on 1024 calibration samples against its own 100-call UniPC-3 solve;
 FD in the shipped digits classifier's features to the 1797 training digits, 2000 samples per seed,
 mean over 3 noise seeds, against the default and DPM-Solver++(2M) at the same calls.
 
     python benchmarks/solvers_fitted.py [--samples 10000] [--calibration 20000] [--nfe 5,6,8,10]
+    python benchmarks/solvers_fitted.py --part guided [--samples 2000] [--calibration 8000]
     python benchmarks/solvers_fitted.py --part digits [--digits-nfe 5,8]
 """
 
@@ -44,7 +50,7 @@ def main(argv=None):
     ap.add_argument("--calibration", type=int, default=20000, help="calibration samples per fit")
     ap.add_argument("--nfe", default="5,6,8,10", help="model calls, comma-separated")
     ap.add_argument("--max-iter", type=int, default=100, help="L-BFGS iterations per fit")
-    ap.add_argument("--part", default="mixtures", choices=["mixtures", "digits"])
+    ap.add_argument("--part", default="mixtures", choices=["mixtures", "guided", "digits"])
     ap.add_argument("--digits-nfe", default="5,8", help="model calls of the digits fits")
     ap.add_argument("--digits-max-iter", type=int, default=30, help="L-BFGS iterations per digits fit")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "fitted"))
@@ -56,6 +62,8 @@ def main(argv=None):
     import diffusers
 
     diffusers.utils.logging.set_verbosity_error()
+    if args.part == "guided":
+        return guided(args)
     nfes = [int(v) for v in args.nfe.split(",")]
     t0 = time.time()
     p = VPDiscrete.linear()
@@ -117,6 +125,49 @@ def main(argv=None):
     print(f"wrote {args.out} ({time.time() - t0:.0f}s)")
 
 
+def guided(args):
+    """Fitted solvers under CFG on the class-conditional mixtures (solvers_guided.py's problems)."""
+    from solvers_guided import DIFFUSERS, NUM_CLASSES, Guided
+
+    from fewstep.guidance import LabelCFG
+
+    t0 = time.time()
+    p = VPDiscrete.linear()
+    nfes = [int(v) for v in args.nfe.split(",")]
+    rows = []
+    for mix, std_range in MIXTURES.items():
+        g = GaussianMixture.random(d=16, K=8, std_range=std_range, seed=MIX_SEED, num_classes=NUM_CLASSES)
+        cal = torch.randn(args.calibration, g.d, generator=torch.Generator().manual_seed(TRAIN_SEED), dtype=F64)
+        cond = {"class_labels": torch.arange(args.calibration) % NUM_CLASSES}
+        for scale in (3.0, 7.5):
+            pb = Guided(g, p, args.samples, scale)
+            D = LabelCFG(g.denoiser(p), scale, NUM_CLASSES)
+            for nfe in nfes:
+                best = min((pb.diffusers(cls_name, kw, nfe), label) for label, cls_name, kw in DIFFUSERS)
+                dflt = pb.fewstep({}, nfe)
+                t1 = time.time()
+                fs = fit_solver(D, cal, nfe, cond=cond, max_iter=args.max_iter, progress=False)
+                fit_s = time.time() - t1
+                fs.save(os.path.join(args.out, f"fitted_{mix}_cfg{scale:g}_{nfe}.json"))
+                fitted = pb.rmse(sample(D, pb.noise, solver=fs, class_labels=pb.y))
+                rows.append([mix, scale, nfe, f"{fitted:.4f}", f"{dflt:.4f}", f"{best[0]:.4f} {best[1]}",
+                             f"**{fitted / best[0]:.2f}**", f"{dflt / best[0]:.2f}", f"{fit_s:.0f}"])
+                print(" | ".join(map(str, rows[-1])), f"[{time.time() - t0:.0f}s]", flush=True)
+    cmd = (f"python benchmarks/solvers_fitted.py --part guided --samples {args.samples} --calibration "
+           f"{args.calibration} --nfe {args.nfe} --max-iter {args.max_iter}")
+    lines = ["# Fitted solvers under classifier-free guidance (benchmarks/solvers_fitted.py --part guided)", "",
+             __doc__.split("\n\n")[2].replace("\n", " "), "",
+             f"{args.samples} test samples (seed {NOISE_SEED}), {args.calibration} calibration samples (seed {TRAIN_SEED}), "
+             f"{args.max_iter} L-BFGS iterations; command: `{cmd}` ({time.time() - t0:.0f} s on one core). Cells: RMSE to "
+             "the guided ODE's end point.", ""]
+    lines += md_table(["mixture", "CFG scale", "NFE", "fitted", "fewstep guided default", "best diffusers",
+                       "fitted / diffusers", "default / diffusers", "fit s"], rows)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(os.path.join(args.out, "solvers_fitted_guided.md"), "w") as f:
+        f.write(text)
+
+
 def digits(args):
     """Fitted solvers on the shipped digits teacher, scored by FD (3 seeds)."""
     from fewstep.commands.evaluate import extractor_for, measure, reference_features
@@ -150,7 +201,7 @@ def digits(args):
             rows.append([label, nfe, f"{mean:.3f} [{min(per):.3f}, {max(per):.3f}]", f"{mean / ref20:.2f}", extra])
             print(" | ".join(map(str, rows[-1])), f"[{time.time() - t0:.0f}s]", flush=True)
     lines = ["# Fitted solvers on the digits teacher (benchmarks/solvers_fitted.py --part digits)", "",
-             __doc__.split("\n\n")[2].replace("\n", " "), "",
+             __doc__.split("\n\n")[3].replace("\n", " "), "",
              f"Teacher reference: DPM-Solver++(2M) at 20 calls, FD {ref20:.3f}. Command: `python "
              f"benchmarks/solvers_fitted.py --part digits --digits-nfe {args.digits_nfe} --digits-max-iter "
              f"{args.digits_max_iter}` ({time.time() - t0:.0f} s "

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fewstep import sample
-from fewstep.guidance import CFG, ClassifierGuidance, Thresholded
+from fewstep.guidance import CFG, ClassifierGuidance, LabelCFG, Thresholded
 from fewstep.processes import VPDiscrete, VPLinear
 from fewstep.testing import GaussianMixture
 
@@ -30,6 +30,21 @@ def test_cfg_scale_one_is_the_conditional_model(labelled):
     assert D.calls == calls + 1
     d_u, d_c = labelled.x0(x, 0.5, p), labelled.x0(x, 0.5, p, y=y)
     assert torch.allclose(out, d_u + 3.0 * (d_c - d_u))
+
+
+def test_label_cfg_is_cfg_with_the_labels_of_each_call(labelled):
+    p = VPDiscrete.linear()
+    D = labelled.denoiser(p)
+    x = labelled.sample_xt(16, 0.5, p)[0]
+    y = torch.arange(16) % 2
+    lab = LabelCFG(D, 3.0, null_label=2)
+    want = CFG(D, 3.0, {"class_labels": y}, {"class_labels": torch.full_like(y, 2)})(x, 0.5)
+    assert torch.equal(lab(x, 0.5, class_labels=y), want)
+    assert torch.equal(lab(x[:5], 0.5, class_labels=y[:5]), want[:5])  # any part of the batch
+    with torch.no_grad():  # sample() treats it as guided: the guided default (DPM-Solver++(2M) at 5 calls)
+        z = torch.randn(8, 2, dtype=torch.float64)
+        out = sample(lab, z, steps=5, class_labels=y[:8])
+        assert torch.equal(out, sample(lab, z, solver="dpm++2m", steps=5, class_labels=y[:8]))
 
 
 def test_classifier_guidance_with_the_exact_classifier_is_the_conditional_denoiser(labelled):

@@ -2,6 +2,8 @@
 
 - `CFG`: classifier-free guidance (Ho & Salimans 2022), D = D_u + w (D_c - D_u), with the
   conditional and unconditional inputs in one batched model call; w = 1 is the conditional model.
+  `LabelCFG`: the same against a null class label, with the labels given at each call (so that a
+  batch can be split, as `fit_solver` does).
 - `ClassifierGuidance`: grad_x log p(y | x_t) of a noisy classifier added to the score with scale
   s (Dhariwal & Nichol 2021): x0 <- x0 + s (sigma^2 / alpha) grad log p(y | x_t).
 - `Thresholded`: static clipping or dynamic thresholding of x0 (Imagen; the official DPM-Solver
@@ -17,7 +19,7 @@ from torch import Tensor
 
 from .processes import _bcast
 
-__all__ = ["CFG", "ClassifierGuidance", "Thresholded"]
+__all__ = ["CFG", "LabelCFG", "ClassifierGuidance", "Thresholded"]
 
 
 class _Transform:
@@ -64,6 +66,19 @@ class CFG(_Transform):
         both = self.inner(torch.cat([x, x], 0), tt, **kw, **extra)
         d_c, d_u = both.chunk(2, 0)
         return d_u + self.scale * (d_c - d_u)
+
+
+class LabelCFG(_Transform):
+    """CFG at `scale` for class labels given per call: D(x, t, class_labels=y) = D_u + scale (D_c - D_u),
+    with D_u the model at the label `null_label` (e.g. num_classes)."""
+
+    def __init__(self, denoiser, scale: float, null_label: int):
+        super().__init__(denoiser)
+        self.scale, self.null_label = float(scale), int(null_label)
+
+    def __call__(self, x: Tensor, t, class_labels: Tensor, **extra) -> Tensor:
+        null = torch.full_like(class_labels, self.null_label)
+        return CFG(self.inner, self.scale, {"class_labels": class_labels}, {"class_labels": null})(x, t, **extra)
 
 
 class ClassifierGuidance(_Transform):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .guidance import CFG, ClassifierGuidance, Thresholded
+from .guidance import CFG, ClassifierGuidance, LabelCFG, Thresholded
 from .predictions import Denoiser, wrap
 from .processes import Process, get_process
 from .solvers.ddim import ddim
@@ -80,10 +80,10 @@ def default_solver(process: Process, steps: int | None = None, guided: bool = Fa
 
 
 def _is_guided(D) -> bool:
-    """Whether a given denoiser already carries guidance (a CFG at scale != 1 or a ClassifierGuidance
-    anywhere in its chain of wrappers)."""
+    """Whether a given denoiser already carries guidance (a CFG / LabelCFG at scale != 1 or a
+    ClassifierGuidance anywhere in its chain of wrappers)."""
     while D is not None:
-        if isinstance(D, ClassifierGuidance) or (isinstance(D, CFG) and D.scale != 1.0):
+        if isinstance(D, ClassifierGuidance) or (isinstance(D, (CFG, LabelCFG)) and D.scale != 1.0):
             return True
         D = getattr(D, "inner", None)
     return False

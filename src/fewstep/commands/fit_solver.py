@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..fitting import fit_solver
-    from ..sample import default_solver
+    from ..guidance import LabelCFG
     from ..pretrained import load_denoiser
 
     if args.n < 2:
@@ -47,18 +47,17 @@ def run(args) -> int:
         p.requires_grad_(False)  # only the solver is learned
     g = torch.Generator().manual_seed(args.seed)
     noise = torch.randn(args.n, *D.sample_shape, generator=g).to(args.device)
-    cond, init = {}, None
+    cond = {}
     if D.num_classes:
         labels = (torch.arange(args.n) % D.num_classes).to(args.device)
         if args.guidance is not None and args.guidance != 1.0:
-            D = _LabelCFG(D, args.guidance)
-            init = default_solver(D.process, args.steps, guided=True)
+            D = LabelCFG(D, args.guidance, D.num_classes)
         cond = {"class_labels": labels}
     elif args.guidance is not None:
         raise ValueError("this model is unconditional: --guidance does not apply")
     t0 = time.perf_counter()
     fs = fit_solver(D, noise, args.steps, reference_steps=args.reference_steps, max_iter=args.max_iter,
-                    batch_size=args.batch_size, cond=cond, init=init, progress=True)
+                    batch_size=args.batch_size, cond=cond, progress=True)
     fs.meta.update(model=str(args.model), guidance=args.guidance, seed=args.seed)
     tag = f"-cfg{args.guidance:g}" if args.guidance not in (None, 1.0) else ""
     if args.out:
@@ -74,16 +73,3 @@ def run(args) -> int:
           f"reference on held-out noise {m['val_rmse_init']:.4f} (default) -> {m['val_rmse']:.4f} -> {out}")
     return 0
 
-
-class _LabelCFG:
-    """Classifier-free guidance at `scale` against the null class, for the labels of each call (the fit
-    passes each chunk's own labels), as `fewstep sample --guidance` samples."""
-
-    def __init__(self, denoiser, scale: float):
-        self.inner, self.process, self.scale = denoiser, denoiser.process, float(scale)
-
-    def __call__(self, x, t, class_labels):
-        from ..guidance import CFG
-
-        null = torch.full_like(class_labels, self.inner.num_classes)
-        return CFG(self.inner, self.scale, {"class_labels": class_labels}, {"class_labels": null})(x, t)
