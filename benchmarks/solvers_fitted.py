@@ -13,14 +13,14 @@ benchmarks/solvers_guided.py at CFG scales 3 and 7.5, fitted through `LabelCFG` 
 the calibration batch) and scored against the guided ODE's 1000-step reference, beside fewstep's
 guided default and diffusers' multistep schedulers driven by the same guided eps.
 
-On real data (--part digits): solvers fitted to the shipped digits teacher (class-conditional UNet,
-labels spread over the classes) on 1024 calibration samples against its own 100-call UniPC-3 solve;
-FD in the shipped digits classifier's features to the 1797 training digits, 2000 samples per seed,
-mean over 3 noise seeds, against the default and DPM-Solver++(2M) at the same calls.
+On real data (--part model): solvers fitted to a trained model (default the shipped digits teacher, a
+class-conditional UNet; labels spread over the classes) on 1024 calibration samples against its own
+100-call UniPC-3 solve; FD in the shipped classifier's features of its dataset to the training images,
+2000 samples per seed, mean over 3 noise seeds, against the default and DPM-Solver++(2M) at the same calls.
 
     python benchmarks/solvers_fitted.py [--samples 10000] [--calibration 20000] [--nfe 5,6,8,10]
     python benchmarks/solvers_fitted.py --part guided [--samples 2000] [--calibration 8000]
-    python benchmarks/solvers_fitted.py --part digits [--digits-nfe 5,8]
+    python benchmarks/solvers_fitted.py --part model [--model digits-teacher] [--model-nfe 5,8]
 """
 
 from __future__ import annotations
@@ -49,16 +49,18 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=10000, help="test samples per mixture")
     ap.add_argument("--calibration", type=int, default=20000, help="calibration samples per fit")
     ap.add_argument("--nfe", default="5,6,8,10", help="model calls, comma-separated")
+    ap.add_argument("--mixtures", default="sharp,smooth", help="mixtures, comma-separated (--part mixtures / guided)")
     ap.add_argument("--max-iter", type=int, default=100, help="L-BFGS iterations per fit")
-    ap.add_argument("--part", default="mixtures", choices=["mixtures", "guided", "digits"])
-    ap.add_argument("--digits-nfe", default="5,8", help="model calls of the digits fits")
-    ap.add_argument("--digits-max-iter", type=int, default=30, help="L-BFGS iterations per digits fit")
+    ap.add_argument("--part", default="mixtures", choices=["mixtures", "guided", "model"])
+    ap.add_argument("--model", default="digits-teacher", help="--part model: shipped name, run or checkpoint")
+    ap.add_argument("--model-nfe", default="5,8", help="--part model: model calls of the fits")
+    ap.add_argument("--model-max-iter", type=int, default=30, help="--part model: L-BFGS iterations per fit")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "fitted"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
-    if args.part == "digits":
-        return digits(args)
+    if args.part == "model":
+        return trained_model(args)
     import diffusers
 
     diffusers.utils.logging.set_verbosity_error()
@@ -68,7 +70,8 @@ def main(argv=None):
     t0 = time.time()
     p = VPDiscrete.linear()
     rows, series, fits = [], {}, []
-    for mix, std_range in MIXTURES.items():
+    mixtures = {m: MIXTURES[m] for m in args.mixtures.split(",")}
+    for mix, std_range in mixtures.items():
         g = GaussianMixture.random(d=16, K=8, std_range=std_range, seed=MIX_SEED)
         D = g.denoiser(p)
         pb = Problem.make(mix, g, p, args.samples, NOISE_SEED)
@@ -107,7 +110,7 @@ def main(argv=None):
                        "fewstep default": (res["default"], {}),
                        "best diffusers (default settings)": (res["diffusers"], {"ls": "--"})}
     cmd = (f"python benchmarks/solvers_fitted.py --samples {args.samples} --calibration {args.calibration} "
-           f"--nfe {args.nfe} --max-iter {args.max_iter}")
+           f"--nfe {args.nfe} --max-iter {args.max_iter} --mixtures {args.mixtures}")
     lines = ["# Fitted solvers (benchmarks/solvers_fitted.py)", "", __doc__.split("\n\n")[1].replace("\n", " "), "",
              f"{args.samples} test samples, {args.calibration} calibration samples (a quarter held out to pick the "
              f"iterate), {args.max_iter} L-BFGS iterations per fit; command: `{cmd}` ({time.time() - t0:.0f} s on "
@@ -135,8 +138,8 @@ def guided(args):
     p = VPDiscrete.linear()
     nfes = [int(v) for v in args.nfe.split(",")]
     rows = []
-    for mix, std_range in MIXTURES.items():
-        g = GaussianMixture.random(d=16, K=8, std_range=std_range, seed=MIX_SEED, num_classes=NUM_CLASSES)
+    for mix in args.mixtures.split(","):
+        g = GaussianMixture.random(d=16, K=8, std_range=MIXTURES[mix], seed=MIX_SEED, num_classes=NUM_CLASSES)
         cal = torch.randn(args.calibration, g.d, generator=torch.Generator().manual_seed(TRAIN_SEED), dtype=F64)
         cond = {"class_labels": torch.arange(args.calibration) % NUM_CLASSES}
         for scale in (3.0, 7.5):
@@ -168,17 +171,19 @@ def guided(args):
         f.write(text)
 
 
-def digits(args):
-    """Fitted solvers on the shipped digits teacher, scored by FD (3 seeds)."""
+def trained_model(args):
+    """Fitted solvers on a trained model, scored by FD (3 seeds) against its dataset."""
     from fewstep.commands.evaluate import extractor_for, measure, reference_features
     from fewstep.pretrained import load_denoiser
 
     t0 = time.time()
-    D = load_denoiser("digits-teacher")
+    D = load_denoiser(args.model)
+    D.fitted_solvers = {}  # the default column is the fixed default, whatever fits the model carries
     for prm in D.model.parameters():
         prm.requires_grad_(False)
-    ext = extractor_for("classifier", "digits")
-    real, _ = reference_features(ext, "digits")
+    dataset = D.config["dataset"]
+    ext = extractor_for("classifier", dataset)
+    real, _ = reference_features(ext, dataset, D.config.get("data_root"))
     seeds, n_cal = (0, 1, 2), 1024
     noise = torch.randn(n_cal, *D.sample_shape, generator=torch.Generator().manual_seed(123))
     cond = {"class_labels": torch.arange(n_cal) % D.num_classes}
@@ -189,27 +194,26 @@ def digits(args):
 
     rows = []
     ref20 = fd("dpm++2m", 20)[0]
-    for nfe in [int(v) for v in args.digits_nfe.split(",")]:
+    for nfe in [int(v) for v in args.model_nfe.split(",")]:
         t1 = time.time()
-        fs = fit_solver(D, noise, nfe, cond=cond, max_iter=args.digits_max_iter, progress=False)
+        fs = fit_solver(D, noise, nfe, cond=cond, max_iter=args.model_max_iter, progress=False)
         fit_s = time.time() - t1
-        fs.save(os.path.join(args.out, f"fitted_digits_{nfe}.json"))
+        fs.save(os.path.join(args.out, f"fitted_{dataset}_{nfe}.json"))
         for label, solver in (("fitted", fs), ("default", None), ("DPM-Solver++(2M)", "dpm++2m")):
             mean, per = fd(solver, nfe)
             extra = (f"fit {fit_s:.0f} s; held-out RMSE to the 100-call solve {fs.meta['val_rmse_init']:.4f} -> "
                      f"{fs.meta['val_rmse']:.4f}") if label == "fitted" else ""
             rows.append([label, nfe, f"{mean:.3f} [{min(per):.3f}, {max(per):.3f}]", f"{mean / ref20:.2f}", extra])
             print(" | ".join(map(str, rows[-1])), f"[{time.time() - t0:.0f}s]", flush=True)
-    lines = ["# Fitted solvers on the digits teacher (benchmarks/solvers_fitted.py --part digits)", "",
+    lines = [f"# Fitted solvers on {args.model} ({dataset}; benchmarks/solvers_fitted.py --part model)", "",
              __doc__.split("\n\n")[3].replace("\n", " "), "",
              f"Teacher reference: DPM-Solver++(2M) at 20 calls, FD {ref20:.3f}. Command: `python "
-             f"benchmarks/solvers_fitted.py --part digits --digits-nfe {args.digits_nfe} --digits-max-iter "
-             f"{args.digits_max_iter}` ({time.time() - t0:.0f} s "
-             "on one core).", ""]
+             f"benchmarks/solvers_fitted.py --part model --model {args.model} --model-nfe {args.model_nfe} "
+             f"--model-max-iter {args.model_max_iter}` ({time.time() - t0:.0f} s on one core).", ""]
     lines += md_table(["solver", "model calls", "FD (3 seeds) [min, max]", "FD / teacher at 20 calls", "fit"], rows)
     text = "\n".join(lines) + "\n"
     print(text)
-    with open(os.path.join(args.out, "solvers_fitted_digits.md"), "w") as f:
+    with open(os.path.join(args.out, f"solvers_fitted_{dataset}.md"), "w") as f:
         f.write(text)
 
 
