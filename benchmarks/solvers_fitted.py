@@ -95,7 +95,8 @@ def main(argv=None):
             mf, md = pb.score(out_f), pb.score(out_d)
             se_f, se_d = pb.sq_err(out_f), pb.sq_err(out_d)
             lo, hi = bootstrap_ratio(se_f, best[2])
-            rows.append([mix, nfe, f"{mf['rmse']:.4f} ({100 * mf['flips']:.2f}%)", f"{md['rmse']:.4f} ({100 * md['flips']:.2f}%)",
+            rows.append([mix, nfe, f"{mf['rmse']:.4f} ({100 * mf['flips']:.2f}%)",
+                         f"{md['rmse']:.4f} ({100 * md['flips']:.2f}%)",
                          f"{best[1]['rmse']:.4f} ({100 * best[1]['flips']:.2f}%) {best[0]}",
                          f"**{mf['rmse'] / best[1]['rmse']:.2f}** [{lo:.2f}, {hi:.2f}]",
                          f"{md['rmse'] / best[1]['rmse']:.2f}", f"{mf['rmse'] / md['rmse']:.2f}"])
@@ -160,8 +161,9 @@ def guided(args):
            f"{args.calibration} --nfe {args.nfe} --max-iter {args.max_iter}")
     lines = ["# Fitted solvers under classifier-free guidance (benchmarks/solvers_fitted.py --part guided)", "",
              __doc__.split("\n\n")[2].replace("\n", " "), "",
-             f"{args.samples} test samples (seed {NOISE_SEED}), {args.calibration} calibration samples (seed {TRAIN_SEED}), "
-             f"{args.max_iter} L-BFGS iterations; command: `{cmd}` ({time.time() - t0:.0f} s on one core). Cells: RMSE to "
+             f"{args.samples} test samples (seed {NOISE_SEED}), {args.calibration} calibration samples "
+             f"(seed {TRAIN_SEED}), {args.max_iter} L-BFGS iterations; command: `{cmd}` ({time.time() - t0:.0f} s "
+             "on one core). Cells: RMSE to "
              "the guided ODE's end point.", ""]
     lines += md_table(["mixture", "CFG scale", "NFE", "fitted", "fewstep guided default", "best diffusers",
                        "fitted / diffusers", "default / diffusers", "fit s"], rows)

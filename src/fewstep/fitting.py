@@ -40,15 +40,21 @@ def _lambdas(lam0: float, span: float, u: Tensor) -> Tensor:
 
 def fit_solver(model, noise: Tensor, steps: int, *, reference: Tensor | None = None, reference_steps: int = 100,
                val_fraction: float = 0.25, max_iter: int = 100, batch_size: int = 1024, cond: dict | None = None,
-               history: int | None = None, init: dict | None = None, process=None, prediction: str = "eps", sigma_data: float = 0.5,
-               seed: int = 0, progress: bool = True) -> FittedSolver:
+               history: int | None = None, init: dict | None = None, process=None, prediction: str = "eps",
+               sigma_data: float = 0.5, seed: int = 0, progress: bool = True) -> FittedSolver:
     """Fit a `steps`-call solver to `model` on calibration `noise` ([B, ...], N(0, I) like `sample`'s).
 
     reference: the end points of `noise` under an accurate solve of the same model (default: UniPC-3
     with `reference_steps` calls, computed here); val_fraction of the noise (at least 1 sample) is held
-    out to pick the iterate; max_iter L-BFGS iterations; cond: conditioning passed to every call (wrap
-    the model in CFG for a guided solver). Returns a `FittedSolver` (use `sample(model, noise,
-    solver=fitted)`), with its train / held-out RMSE before and after in `.meta`.
+    out to pick the iterate; max_iter L-BFGS iterations over the rest, in chunks of batch_size samples;
+    cond: conditioning passed to every call, tensors with a batch dimension B indexed with the noise
+    (e.g. {"class_labels": y}); for a guided solver pass `guidance.LabelCFG(model, scale, null_label)`
+    as the model (its labels come with each call, so chunks work); history: learn only the weights of
+    the last `history` model outputs in each row (the others keep the starting solver's; None: all);
+    init: the starting setting {"solver", "order", "spacing"} (default: `default_solver(process, steps,
+    guided)`, guided when the model is wrapped in guidance); process / prediction / sigma_data wrap a
+    raw network as `sample` does. Returns a `FittedSolver` (`sample(model, noise, solver=fitted)`)
+    with its train / held-out RMSE before and after in `.meta`.
     """
     from .sample import _as_denoiser, _is_guided
 

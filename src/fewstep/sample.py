@@ -146,7 +146,8 @@ def _as_denoiser(model, process, prediction, sigma_data, model_dtype):
 
 
 def sample(model, noise: Tensor, *, process=None, prediction: str = "eps", solver=None,
-           steps: int | None = None, order: int | None = None, spacing=None, end: str = "zero", t_start=None, t_end=None,
+           steps: int | None = None, order: int | None = None, spacing=None, end: str = "zero", t_start=None,
+           t_end=None,
            rho: float = 7.0, cond: dict | None = None, uncond: dict | None = None, guidance_scale: float | None = None,
            classifier=None, classifier_scale: float = 1.0, class_labels=None, thresholding: str | None = None,
            threshold_ratio: float = 0.995, threshold_max: float = 1.0, sigma_data: float = 0.5,

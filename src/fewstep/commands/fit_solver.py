@@ -69,7 +69,8 @@ def run(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     fs.save(out)
     m = fs.meta
-    print(f"fitted a {args.steps}-call solver in {time.perf_counter() - t0:.0f}s: RMSE to the {args.reference_steps}-call "
+    print(f"fitted a {args.steps}-call solver in {time.perf_counter() - t0:.0f}s: RMSE to the "
+          f"{args.reference_steps}-call "
           f"reference on held-out noise {m['val_rmse_init']:.4f} (default) -> {m['val_rmse']:.4f} -> {out}")
     return 0
 
