@@ -10,8 +10,9 @@ config, written by `scripts/ship_model.py`.
 
 Fitted solvers (`fewstep fit-solver`) travel with a model: those in a shipped model's JSON
 ("fitted_solvers") and those in a run directory's `solvers/` folder are loaded into
-`D.fitted_solvers` ({model calls: FittedSolver}), and `sample()` without `solver=` uses the one for
-the number of calls asked (and the same guidance scale) instead of the fixed default.
+`D.fitted_solvers` ({(model calls, guidance scale or None): FittedSolver}), and `sample()` without
+`solver=` uses the one for the number of calls and the guidance scale asked instead of the fixed
+default (scripts/ship_solvers.py ships fits with a shipped model).
 """
 
 from __future__ import annotations
@@ -104,10 +105,10 @@ def _fitted_solvers(meta: dict, spec) -> dict:
     folder = Path(spec) / "solvers" if not (isinstance(spec, str) and spec in shipped_models()) else None
     if folder is not None and folder.is_dir():
         found += [FittedSolver.load(f) for f in sorted(folder.glob("*.json"))]
-    return {(fs.nfe, fitted_guidance(fs)): fs for fs in found}
+    return {(fs.nfe, _fitted_guidance(fs)): fs for fs in found}
 
 
-def fitted_guidance(fs) -> float | None:
+def _fitted_guidance(fs) -> float | None:
     """The guidance scale a fitted solver was fitted under (None: unguided; scale 1 counts as unguided)."""
     g = fs.meta.get("guidance")
     return None if g is None or float(g) == 1.0 else float(g)
