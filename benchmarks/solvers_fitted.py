@@ -181,8 +181,6 @@ def trained_model(args):
     t0 = time.time()
     D = load_denoiser(args.model)
     D.fitted_solvers = {}  # the default column is the fixed default, whatever fits the model carries
-    for prm in D.model.parameters():
-        prm.requires_grad_(False)
     dataset = D.config["dataset"]
     ext = extractor_for("classifier", dataset)
     real, _ = reference_features(ext, dataset, D.config.get("data_root"))

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .progress import progress as progress_bar
-from .sample import default_solver, sample, SOLVERS
+from .sample import SOLVERS, _as_denoiser, _is_guided, default_solver, sample
 from .solvers.fitted import FittedSolver, fitted_solve, solver_weights
 from .spacing import make_grid
 
@@ -56,8 +56,6 @@ def fit_solver(model, noise: Tensor, steps: int, *, reference: Tensor | None = N
     raw network as `sample` does. Returns a `FittedSolver` (`sample(model, noise, solver=fitted)`)
     with its train / held-out RMSE before and after in `.meta`.
     """
-    from .sample import _as_denoiser, _is_guided
-
     if not isinstance(steps, int) or steps < 2:
         raise ValueError(f"steps must be an integer >= 2 (model calls), got {steps!r}")
     if not isinstance(noise, Tensor) or noise.ndim < 2 or noise.shape[0] < 2:
@@ -66,6 +64,8 @@ def fit_solver(model, noise: Tensor, steps: int, *, reference: Tensor | None = N
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if not (isinstance(max_iter, int) and max_iter >= 0):
         raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
+    if history is not None and not (isinstance(history, int) and history >= 1):
+        raise ValueError(f"history must be a positive integer or None, got {history!r}")
     D = _as_denoiser(model, process, prediction, sigma_data, None)
     proc = D.process
     cond = dict(cond or {})
@@ -95,8 +95,6 @@ def fit_solver(model, noise: Tensor, steps: int, *, reference: Tensor | None = N
     u = torch.log(inc.clamp_min(1e-6 * span) / span).clone().requires_grad_(True)
     mask = torch.tril(torch.ones_like(start.weights), -1)
     if history is not None:
-        if not (isinstance(history, int) and history >= 1):
-            raise ValueError(f"history must be a positive integer or None, got {history!r}")
         mask = mask - torch.tril(torch.ones_like(mask), -1 - history)
     W = start.weights.clone().requires_grad_(True)
 

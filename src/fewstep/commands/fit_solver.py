@@ -42,9 +42,7 @@ def run(args) -> int:
 
     if args.n < 2:
         raise ValueError("--n must be >= 2")
-    D = load_denoiser(args.model, device=args.device)
-    for p in getattr(getattr(D, "model", None), "parameters", lambda: [])():
-        p.requires_grad_(False)  # only the solver is learned
+    D = load_denoiser(args.model, device=args.device)  # its weights come frozen: only the solver is learned
     g = torch.Generator().manual_seed(args.seed)
     noise = torch.randn(args.n, *D.sample_shape, generator=g).to(args.device)
     cond = {}

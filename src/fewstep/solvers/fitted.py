@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .common import steps_iter
+from .common import Model, record_nfe, steps_iter
 
 __all__ = ["FittedSolver", "fitted_solve", "solver_weights"]
 
@@ -96,7 +96,7 @@ def fitted_solve(denoiser, x: Tensor, lambdas: Tensor, weights: Tensor, *, cond:
     checks the shapes, this function does not.
     """
     process = denoiser.process
-    cond = dict(cond or {})
+    model = Model(denoiser, process, cond)
     n = lambdas.numel()
     ts = process.t_of_lambda(lambdas)
     alpha, sigma = process.alpha_sigma(ts)
@@ -106,15 +106,12 @@ def fitted_solve(denoiser, x: Tensor, lambdas: Tensor, weights: Tensor, *, cond:
             scale = (alpha[k] * -torch.expm1(lambdas[0] - lambdas[k])).to(x_T.dtype)
             mix = sum(weights[k, j].to(x_T.dtype) * ds[j] for j in range(k))
             x = (sigma[k] / sigma[0]).to(x_T.dtype) * x_T + scale * mix
-        ds.append(denoiser(x, ts[k], **cond).to(x_T.dtype))
+        ds.append(model.x0(x, ts[k]))
         if callback is not None:
             callback(k, ts[k], x, ds[-1])
     a_end = process.alpha(torch.zeros((), dtype=F64)).to(x_T.dtype)
     out = a_end * sum(weights[n, j].to(x_T.dtype) * ds[j] for j in range(n))
-    try:
-        denoiser.last_nfe = n
-    except AttributeError:
-        pass
+    record_nfe(denoiser, model)
     return out
 
 
