@@ -33,6 +33,7 @@ import torch
 
 from fewstep.commands.common import pyplot
 from fewstep.commands.evaluate import extractor_for, measure, reference_features
+from fewstep.distill.sampling import DEFAULT_T_MID
 from fewstep.pretrained import load_denoiser
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -58,6 +59,8 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher-nfe", default="5,10,20,50")
     ap.add_argument("--teacher-solvers", default="dpm++2m,default")
     ap.add_argument("--student-steps", default="1,2,4")
+    ap.add_argument("--t-mid", default=str(DEFAULT_T_MID), help="comma list of the 2-step samplers' intermediate "
+                    "TrigFlow times (a row each; the first is the one the targets use)")
     ap.add_argument("--n", type=int, default=2000, help="samples per setting")
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=2, help="timing repeats (min is reported)")
@@ -74,11 +77,12 @@ def main(argv=None) -> int:
     ext = extractor_for("classifier", dataset)
     real, _ = reference_features(ext, dataset)
     seeds = [int(v) for v in args.seeds.split(",")]
+    t_mids = [float(v) for v in args.t_mid.split(",")]
 
-    def run(D, solver, steps):
+    def run(D, solver, steps, **options):
         """measure() on every seed: timing from the first (with warm-up and repeats), scores averaged."""
         runs = [measure(D, ext, real, args.n, solver=solver, steps=steps, seed=s, batch_size=args.batch,
-                        warmup=min(64, args.n) if i == 0 else 0, repeats=args.repeats if i == 0 else 1)[1]
+                        warmup=min(64, args.n) if i == 0 else 0, repeats=args.repeats if i == 0 else 1, **options)[1]
                 for i, s in enumerate(seeds)]
         r = dict(runs[0])
         for key in ("fd", "precision", "recall"):
@@ -99,10 +103,12 @@ def main(argv=None) -> int:
         if S.config["dataset"] != dataset:
             raise SystemExit(f"student {path} was trained on {S.config['dataset']}, the teacher on {dataset}")
         for steps in map(int, args.student_steps.split(",")):
-            r = run(S, "consistency", steps)
-            r.update(model=label)
-            rows.append(r)
-            print(f"{label:<7} {steps} step(s): FD {r['fd']:.4f}  {r['ms_per_sample']:.3f} ms/sample", flush=True)
+            for k, t_mid in enumerate(t_mids if steps == 2 else [None]):
+                r = run(S, "consistency", steps, **({} if t_mid is None else {"t_mid": t_mid}))
+                r.update(model=label, **({"solver": f"consistency, t_mid {t_mid:g}", "t_mid": t_mid} if k else {}))
+                rows.append(r)
+                print(f"{label:<7} {steps} step(s){'' if not k else f' t_mid {t_mid:g}'}: FD {r['fd']:.4f}  "
+                      f"{r['ms_per_sample']:.3f} ms/sample", flush=True)
 
     dpm = [r for r in rows if r["model"] == "teacher" and r["solver"] == "dpm++2m"]
     ref = min((r["fd"] for r in dpm if r["nfe"] >= 20), default=None)
@@ -129,7 +135,7 @@ def main(argv=None) -> int:
     if ref:
         lines += ["", f"Targets (teacher reference: best DPM-Solver++ FD at >= 20 calls = {ref:.4f}):"]
         for r in rows:
-            if r["model"] != "teacher" and r["nfe"] in (1, 2):
+            if r["model"] != "teacher" and r["nfe"] in (1, 2) and "t_mid" not in r:
                 limit = 1.5 if r["nfe"] == 1 else 1.1
                 ok = r["fd"] <= limit * ref
                 lines.append(f"- {r['model']} {r['nfe']}-step: FD {r['fd']:.4f} = {r['fd'] / ref:.2f}x teacher "

@@ -13,6 +13,12 @@ benchmarks/solvers_guided.py at CFG scales 3 and 7.5, fitted through `LabelCFG` 
 the calibration batch) and scored against the guided ODE's 1000-step reference, beside fewstep's
 guided default and diffusers' multistep schedulers driven by the same guided eps.
 
+Can one fit serve as a fixed default (--part family)? One solver per number of calls is fitted across
+16 other mixtures of the benchmark's family (seeds 100-115, alternately the sharp and the smooth
+component widths, d = 16, K = 8; --calibration samples spread over them, against each one's exact ODE
+end points), then scored, never refitted, on the benchmark's two mixtures and the held-out oracles of
+benchmarks/solvers.py, against the fixed default and the best diffusers scheduler.
+
 On real data (--part model): solvers fitted to a trained model (default the shipped digits teacher, a
 class-conditional UNet; labels spread over the classes) on 1024 calibration samples against its own
 100-call UniPC-3 solve; FD in the shipped classifier's features of its dataset to the training images,
@@ -20,6 +26,7 @@ class-conditional UNet; labels spread over the classes) on 1024 calibration samp
 
     python benchmarks/solvers_fitted.py [--samples 10000] [--calibration 20000] [--nfe 5,6,8,10]
     python benchmarks/solvers_fitted.py --part guided [--samples 2000] [--calibration 8000]
+    python benchmarks/solvers_fitted.py --part family [--calibration 16000] [--nfe 5,10]
     python benchmarks/solvers_fitted.py --part model [--model digits-teacher] [--model-nfe 5,8]
 """
 
@@ -51,7 +58,7 @@ def main(argv=None):
     ap.add_argument("--nfe", default="5,6,8,10", help="model calls, comma-separated")
     ap.add_argument("--mixtures", default="sharp,smooth", help="mixtures, comma-separated (--part mixtures / guided)")
     ap.add_argument("--max-iter", type=int, default=100, help="L-BFGS iterations per fit")
-    ap.add_argument("--part", default="mixtures", choices=["mixtures", "guided", "model"])
+    ap.add_argument("--part", default="mixtures", choices=["mixtures", "guided", "family", "model"])
     ap.add_argument("--model", default="digits-teacher", help="--part model: shipped name, run or checkpoint")
     ap.add_argument("--model-nfe", default="5,8", help="--part model: model calls of the fits")
     ap.add_argument("--model-max-iter", type=int, default=30, help="--part model: L-BFGS iterations per fit")
@@ -66,6 +73,8 @@ def main(argv=None):
     diffusers.utils.logging.set_verbosity_error()
     if args.part == "guided":
         return guided(args)
+    if args.part == "family":
+        return family(args)
     nfes = [int(v) for v in args.nfe.split(",")]
     t0 = time.time()
     p = VPDiscrete.linear()
@@ -173,6 +182,74 @@ def guided(args):
         f.write(text)
 
 
+class Family:
+    """The exact denoisers of several mixtures at once: sample i is denoised by mixture mix[i]."""
+
+    def __init__(self, mixtures, process):
+        self.mixtures, self.process, self.sigma_data = mixtures, process, 0.5
+
+    def __call__(self, x, t, mix):
+        out = torch.empty_like(x)
+        for k in mix.unique().tolist():
+            i = mix == k
+            out[i] = self.mixtures[k].x0(x[i], t, self.process).to(x.dtype)
+        return out
+
+
+def family(args):
+    """One solver per number of calls fitted across 16 other mixtures of the family, scored on the
+    benchmark's mixtures and the held-out oracles (never fitted on)."""
+    from solvers import HELD_OUT
+
+    t0 = time.time()
+    p = VPDiscrete.linear()
+    n_mix = 16
+    train = [GaussianMixture.random(d=16, K=8, std_range=MIXTURES["sharp" if j % 2 == 0 else "smooth"], seed=100 + j)
+             for j in range(n_mix)]
+    per = args.calibration // n_mix
+    cal = torch.randn(n_mix * per, 16, generator=torch.Generator().manual_seed(TRAIN_SEED), dtype=F64)
+    mix = torch.arange(n_mix).repeat_interleave(per)
+    ref = torch.cat([train[k].ode(cal[mix == k] * p.prior_std(), p.t_max, 0.0, p) for k in range(n_mix)])
+    tests = {m: GaussianMixture.random(d=16, K=8, std_range=r, seed=MIX_SEED) for m, r in MIXTURES.items()}
+    tests.update({name: GaussianMixture.random(**kw) for name, kw in HELD_OUT.items()})
+    problems = {name: Problem.make(name, g, p, args.samples, NOISE_SEED) for name, g in tests.items()}
+    print(f"[references {time.time() - t0:.0f}s]", flush=True)
+    rows, fits = [], []
+    for nfe in [int(v) for v in args.nfe.split(",")]:
+        t1 = time.time()
+        fs = fit_solver(Family(train, p), cal, nfe, reference=ref, cond={"mix": mix}, max_iter=args.max_iter,
+                        progress=False)
+        fs.save(os.path.join(args.out, f"fitted_family_{nfe}.json"))
+        fits.append([nfe, f"{fs.meta['train_rmse_init']:.4f} -> {fs.meta['train_rmse']:.4f}",
+                     f"{fs.meta['val_rmse_init']:.4f} -> {fs.meta['val_rmse']:.4f}", fs.meta["best_iteration"],
+                     f"{time.time() - t1:.0f}"])
+        for name, pb in problems.items():
+            D = pb.g.denoiser(p)
+            mf, md = pb.score(sample(D, pb.noise, solver=fs)), pb.score(sample(D, pb.noise, steps=nfe))
+            best = "-"
+            if name in MIXTURES:  # the headline's comparison: the best diffusers scheduler at <= nfe calls
+                ms = [run_diffusers(pb, c, kw, nfe)[0] for _, c, kw, dflt in diffusers_cases(quick=True) if dflt]
+                b = min(m["rmse"] for m in ms if m["nfe"] <= nfe and math.isfinite(m["rmse"]))
+                best = f"{b:.4f}: {mf['rmse'] / b:.2f} / {md['rmse'] / b:.2f}"
+            rows.append([name, nfe, f"{mf['rmse']:.4f}", f"{md['rmse']:.4f}", f"**{mf['rmse'] / md['rmse']:.2f}**", best])
+            print(" | ".join(map(str, rows[-1])), f"[{time.time() - t0:.0f}s]", flush=True)
+    cmd = (f"python benchmarks/solvers_fitted.py --part family --samples {args.samples} --calibration "
+           f"{args.calibration} --nfe {args.nfe} --max-iter {args.max_iter}")
+    lines = ["# One fitted solver for a family of models (benchmarks/solvers_fitted.py --part family)", "",
+             __doc__.split("\n\n")[3].replace("\n", " "), "",
+             f"{args.samples} test samples per mixture (seed {NOISE_SEED}), {n_mix} x {per} calibration samples, "
+             f"{args.max_iter} L-BFGS iterations; command: `{cmd}` ({time.time() - t0:.0f} s on one core). "
+             "Cells: RMSE to the exact ODE end point.", ""]
+    lines += md_table(["test mixture", "NFE", "family fit", "fixed default", "family fit / default",
+                       "best diffusers: family fit / it, default / it"], rows)
+    lines += ["", "The fits (RMSE to the exact end points of the 16 training mixtures, before -> after):", ""]
+    lines += md_table(["NFE", "train", "held out", "best iteration", "seconds"], fits)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(os.path.join(args.out, "solvers_fitted_family.md"), "w") as f:
+        f.write(text)
+
+
 def trained_model(args):
     """Fitted solvers on a trained model, scored by FD (3 seeds) against its dataset."""
     from fewstep.commands.evaluate import extractor_for, measure, reference_features
@@ -206,7 +283,7 @@ def trained_model(args):
             rows.append([label, nfe, f"{mean:.3f} [{min(per):.3f}, {max(per):.3f}]", f"{mean / ref20:.2f}", extra])
             print(" | ".join(map(str, rows[-1])), f"[{time.time() - t0:.0f}s]", flush=True)
     lines = [f"# Fitted solvers on {args.model} ({dataset}; benchmarks/solvers_fitted.py --part model)", "",
-             __doc__.split("\n\n")[3].replace("\n", " "), "",
+             __doc__.split("\n\n")[4].replace("\n", " "), "",
              f"Teacher reference: DPM-Solver++(2M) at 20 calls, FD {ref20:.3f}. Command: `python "
              f"benchmarks/solvers_fitted.py --part model --model {args.model} --model-nfe {args.model_nfe} "
              f"--model-max-iter {args.model_max_iter}` ({time.time() - t0:.0f} s on one core).", ""]

@@ -66,6 +66,13 @@ def test_fit_solver_then_sample(tiny_run, tmp_path, capsys):
     z = torch.randn(4, 1, 8, 8)
     y = torch.arange(4)
     torch.testing.assert_close(sample(D, z, steps=3, class_labels=y), sample(D, z, solver=fs, class_labels=y))
+    # bench: "default" is sample()'s choice (here the carried fit), and fitted .json files run at their calls
+    capsys.readouterr()
+    assert main(["bench", str(run), "--n", "16", "--steps", "2,3", "--solvers", f"default,{run / 'solvers' / 'fit-3.json'}",
+                 "--out", str(tmp_path / "b")]) == 0
+    rows = json.loads((tmp_path / "b" / "bench.json").read_text())["rows"]
+    assert [(r["solver"], r["nfe"]) for r in rows] == [("default", 2), ("default", 3), ("fitted:fit-3", 3)]
+    assert rows[1]["fd"] == rows[2]["fd"]
 
 
 @pytest.mark.parametrize("argv,msg", [

@@ -3,11 +3,16 @@
 For each solver and model-call budget: FD (shipped-classifier features) to the training data, and
 milliseconds per sample. Prints a table, writes OUT/bench.json and OUT/bench.png (matplotlib), and
 recommends the fastest setting whose FD is at most --target (default: 1.1x the best FD measured).
+
+--solvers takes solver names, "default" (what `sample()` does without solver=: the fitted solver the
+model carries for that number of calls, else the fixed default) and fitted solvers' .json files
+(`fewstep fit-solver`), each measured at its own number of calls only.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .common import pyplot, run_dir, write_json
 from .evaluate import extractor_for, measure, reference_features
@@ -17,7 +22,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="quality vs model calls and wall-clock across solvers, with a recommendation",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="checkpoint, run directory or shipped model name")
-    p.add_argument("--solvers", default="ddim,dpm++2m,dpm++3m,unipc", help="comma-separated solver names")
+    p.add_argument("--solvers", default="default,ddim,dpm++2m,dpm++3m,unipc",
+                   help="comma-separated solver names, 'default' (sample()'s choice) or fitted solvers' .json files")
     p.add_argument("--steps", default="3,5,8,10,15,20", help="comma-separated model-call budgets")
     p.add_argument("--student", default=None, help="a consistency student to add (1, 2, 4 steps)")
     p.add_argument("--target", type=float, default=None, help="FD target for the recommendation")
@@ -41,31 +47,46 @@ def _ints(text: str, what: str) -> list[int]:
     return vals
 
 
+def _settings(text: str, budgets: list[int]) -> list[tuple]:
+    """(label, solver for sample(), model calls) for each entry of --solvers and each budget."""
+    from ..sample import SOLVERS
+    from ..solvers.fitted import FittedSolver
+
+    out = []
+    for s in (s.strip() for s in text.split(",")):
+        if s.endswith(".json"):
+            fs = FittedSolver.load(s)
+            out.append((f"fitted:{Path(s).stem}", fs, fs.nfe))
+        elif s == "default":
+            out += [("default", None, n) for n in budgets]
+        elif s in SOLVERS:
+            out += [(s, s, n) for n in budgets if not (s == "heun" and n % 2 == 0)]
+        elif s:
+            raise ValueError(f"unknown solver {s!r}; known: default, {', '.join(SOLVERS)} or a fitted solver's .json")
+    return out
+
+
 def run(args) -> int:
     from ..pretrained import load_denoiser
-    from ..sample import SOLVERS
 
-    solvers = [s.strip() for s in args.solvers.split(",") if s.strip()]
-    for s in solvers:
-        if s not in SOLVERS:
-            raise ValueError(f"unknown solver {s!r}; known: {', '.join(SOLVERS)}")
     budgets = _ints(args.steps, "--steps")
+    settings = _settings(args.solvers, budgets)
     D = load_denoiser(args.model, device=args.device)
     dataset = D.config["dataset"]
     ext = extractor_for(args.features, dataset, args.inception_weights, args.device)
     real, _ = reference_features(ext, dataset)
     rows = []
-    settings = [(s, n) for s in solvers for n in budgets if not (s == "heun" and n % 2 == 0)]
     models = [(D, settings)]
     if args.student:
-        models.append((load_denoiser(args.student, device=args.device), [("consistency", n) for n in (1, 2, 4)]))
+        models.append((load_denoiser(args.student, device=args.device),
+                       [("consistency", "consistency", n) for n in (1, 2, 4)]))
     for model, todo in models:
-        for i, (solver, n) in enumerate(todo):  # one untimed warm-up per model
+        for i, (label, solver, n) in enumerate(todo):  # one untimed warm-up per model
             _, r = measure(model, ext, real, args.n, solver=solver, steps=n, seed=args.seed, batch_size=args.batch_size,
                            device=args.device, warmup=min(8, args.n) if i == 0 else 0)
-            r = {"model": model.source, **r}
+            r = {"model": model.source, **r, "solver": label}
             rows.append(r)
-            print(f"{solver:<14} nfe {r['nfe']:>3}  FD {r['fd']:8.3f}  P {r['precision']:.3f}  R {r['recall']:.3f}  "
+            print(f"{label:<14} nfe {r['nfe']:>3}  FD {r['fd']:8.3f}  P {r['precision']:.3f}  R {r['recall']:.3f}  "
                   f"{r['ms_per_sample']:.3f} ms/sample", flush=True)
     target = args.target if args.target is not None else 1.1 * min(r["fd"] for r in rows)
     ok = [r for r in rows if r["fd"] <= target]

@@ -60,16 +60,17 @@ def scores(extractor, real_feats, images) -> dict:
 
 
 def measure(D, extractor, real_feats, n: int, *, solver=None, steps: int = 10, seed: int = 0, batch_size: int = 500,
-            device="cpu", warmup: int = 0, repeats: int = 1):
+            device="cpu", warmup: int = 0, repeats: int = 1, **options):
     """(samples, row) for one sampler setting of a loaded model: `n` samples (after an untimed warm-up
     of `warmup` samples when > 0), time per sample (min over `repeats` runs) and FD / precision /
-    recall; row = {solver, nfe, ms_per_sample, fd, precision, recall}."""
+    recall; row = {solver, nfe, ms_per_sample, fd, precision, recall}. options: more `sample()` options
+    (e.g. t_mid= for 2-step consistency sampling)."""
     if warmup > 0:
-        generate(D, warmup, progress=False, solver=solver, steps=steps, device=device)
+        generate(D, warmup, progress=False, solver=solver, steps=steps, device=device, **options)
     best = float("inf")
     for _ in range(repeats):
         x, _, nfe, sec = generate(D, n, seed=seed, batch_size=batch_size, device=device, progress=False,
-                                  solver=solver, steps=steps)
+                                  solver=solver, steps=steps, **options)
         best = min(best, sec)
     return x, {"solver": solver, "nfe": nfe, "ms_per_sample": 1e3 * best / n, **scores(extractor, real_feats, x)}
 
