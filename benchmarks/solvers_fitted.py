@@ -51,6 +51,26 @@ from fewstep.testing import GaussianMixture  # noqa: E402
 F64 = torch.float64
 
 
+def _paragraph(i: int) -> str:
+    """Paragraph i of this module's docstring on one line (the reports quote what each part does)."""
+    return __doc__.split("\n\n")[i].replace("\n", " ")
+
+
+def _head(title: str, args, i: int, t0: float, setting: str, cells: str) -> list:
+    """A report's opening lines: title, what the part does (docstring paragraph i), setting, command."""
+    cmd = (f"python benchmarks/solvers_fitted.py --part {args.part} --samples {args.samples} --calibration "
+           f"{args.calibration} --nfe {args.nfe} --max-iter {args.max_iter}")
+    return [f"# {title} (benchmarks/solvers_fitted.py --part {args.part})", "", _paragraph(i), "",
+            f"{setting}; command: `{cmd}` ({time.time() - t0:.0f} s on one core). Cells: {cells}", ""]
+
+
+def _write(out: str, name: str, lines: list) -> None:
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(os.path.join(out, name), "w") as f:
+        f.write(text)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=10000, help="test samples per mixture")
@@ -121,7 +141,7 @@ def main(argv=None):
                        "best diffusers (default settings)": (res["diffusers"], {"ls": "--"})}
     cmd = (f"python benchmarks/solvers_fitted.py --samples {args.samples} --calibration {args.calibration} "
            f"--nfe {args.nfe} --max-iter {args.max_iter} --mixtures {args.mixtures}")
-    lines = ["# Fitted solvers (benchmarks/solvers_fitted.py)", "", __doc__.split("\n\n")[1].replace("\n", " "), "",
+    lines = ["# Fitted solvers (benchmarks/solvers_fitted.py)", "", _paragraph(1), "",
              f"{args.samples} test samples, {args.calibration} calibration samples (a quarter held out to pick the "
              f"iterate), {args.max_iter} L-BFGS iterations per fit; command: `{cmd}` ({time.time() - t0:.0f} s on "
              "one core). Cells: RMSE (flips).", ""]
@@ -130,10 +150,7 @@ def main(argv=None):
     lines += ["", "## The fits", "", "RMSE to the model's own 100-call end points, before -> after, on the "
               "calibration part and the held-out part; fitted model-call lambdas.", ""]
     lines += md_table(["mixture", "NFE", "train", "held out", "best iteration", "seconds", "lambdas"], fits)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(os.path.join(args.out, "solvers_fitted.md"), "w") as f:
-        f.write(text)
+    _write(args.out, "solvers_fitted.md", lines)
     plot_rmse(os.path.join(args.out, "solvers_fitted.png"), series, nfes, "fitted solvers vs default vs diffusers")
     print(f"wrote {args.out} ({time.time() - t0:.0f}s)")
 
@@ -166,20 +183,12 @@ def guided(args):
                 rows.append([mix, scale, nfe, f"{fitted:.4f}", f"{dflt:.4f}", f"{best[0]:.4f} {best[1]}",
                              f"**{fitted / best[0]:.2f}**", f"{dflt / best[0]:.2f}", f"{fit_s:.0f}"])
                 print(" | ".join(map(str, rows[-1])), f"[{time.time() - t0:.0f}s]", flush=True)
-    cmd = (f"python benchmarks/solvers_fitted.py --part guided --samples {args.samples} --calibration "
-           f"{args.calibration} --nfe {args.nfe} --max-iter {args.max_iter}")
-    lines = ["# Fitted solvers under classifier-free guidance (benchmarks/solvers_fitted.py --part guided)", "",
-             __doc__.split("\n\n")[2].replace("\n", " "), "",
-             f"{args.samples} test samples (seed {NOISE_SEED}), {args.calibration} calibration samples "
-             f"(seed {TRAIN_SEED}), {args.max_iter} L-BFGS iterations; command: `{cmd}` ({time.time() - t0:.0f} s "
-             "on one core). Cells: RMSE to "
-             "the guided ODE's end point.", ""]
+    lines = _head("Fitted solvers under classifier-free guidance", args, 2, t0,
+                  f"{args.samples} test samples (seed {NOISE_SEED}), {args.calibration} calibration samples "
+                  f"(seed {TRAIN_SEED}), {args.max_iter} L-BFGS iterations", "RMSE to the guided ODE's end point.")
     lines += md_table(["mixture", "CFG scale", "NFE", "fitted", "fewstep guided default", "best diffusers",
                        "fitted / diffusers", "default / diffusers", "fit s"], rows)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(os.path.join(args.out, "solvers_fitted_guided.md"), "w") as f:
-        f.write(text)
+    _write(args.out, "solvers_fitted_guided.md", lines)
 
 
 class Family:
@@ -233,21 +242,14 @@ def family(args):
                 best = f"{b:.4f}: {mf['rmse'] / b:.2f} / {md['rmse'] / b:.2f}"
             rows.append([name, nfe, f"{mf['rmse']:.4f}", f"{md['rmse']:.4f}", f"**{mf['rmse'] / md['rmse']:.2f}**", best])
             print(" | ".join(map(str, rows[-1])), f"[{time.time() - t0:.0f}s]", flush=True)
-    cmd = (f"python benchmarks/solvers_fitted.py --part family --samples {args.samples} --calibration "
-           f"{args.calibration} --nfe {args.nfe} --max-iter {args.max_iter}")
-    lines = ["# One fitted solver for a family of models (benchmarks/solvers_fitted.py --part family)", "",
-             __doc__.split("\n\n")[3].replace("\n", " "), "",
-             f"{args.samples} test samples per mixture (seed {NOISE_SEED}), {n_mix} x {per} calibration samples, "
-             f"{args.max_iter} L-BFGS iterations; command: `{cmd}` ({time.time() - t0:.0f} s on one core). "
-             "Cells: RMSE to the exact ODE end point.", ""]
+    lines = _head("One fitted solver for a family of models", args, 3, t0,
+                  f"{args.samples} test samples per mixture (seed {NOISE_SEED}), {n_mix} x {per} calibration "
+                  f"samples, {args.max_iter} L-BFGS iterations", "RMSE to the exact ODE end point.")
     lines += md_table(["test mixture", "NFE", "family fit", "fixed default", "family fit / default",
                        "best diffusers: family fit / it, default / it"], rows)
     lines += ["", "The fits (RMSE to the exact end points of the 16 training mixtures, before -> after):", ""]
     lines += md_table(["NFE", "train", "held out", "best iteration", "seconds"], fits)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(os.path.join(args.out, "solvers_fitted_family.md"), "w") as f:
-        f.write(text)
+    _write(args.out, "solvers_fitted_family.md", lines)
 
 
 def trained_model(args):
@@ -283,15 +285,12 @@ def trained_model(args):
             rows.append([label, nfe, f"{mean:.3f} [{min(per):.3f}, {max(per):.3f}]", f"{mean / ref20:.2f}", extra])
             print(" | ".join(map(str, rows[-1])), f"[{time.time() - t0:.0f}s]", flush=True)
     lines = [f"# Fitted solvers on {args.model} ({dataset}; benchmarks/solvers_fitted.py --part model)", "",
-             __doc__.split("\n\n")[4].replace("\n", " "), "",
+             _paragraph(4), "",
              f"Teacher reference: DPM-Solver++(2M) at 20 calls, FD {ref20:.3f}. Command: `python "
              f"benchmarks/solvers_fitted.py --part model --model {args.model} --model-nfe {args.model_nfe} "
              f"--model-max-iter {args.model_max_iter}` ({time.time() - t0:.0f} s on one core).", ""]
     lines += md_table(["solver", "model calls", "FD (3 seeds) [min, max]", "FD / teacher at 20 calls", "fit"], rows)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(os.path.join(args.out, f"solvers_fitted_{dataset}.md"), "w") as f:
-        f.write(text)
+    _write(args.out, f"solvers_fitted_{dataset}.md", lines)
 
 
 if __name__ == "__main__":
