@@ -1,0 +1,43 @@
+"""The shipped models: they load, sample by default with the right sampler, and are as good as measured."""
+
+import pytest
+import torch
+
+from fewstep import sample
+from fewstep.commands.evaluate import extractor_for, measure, reference_features
+from fewstep.pretrained import load_denoiser, shipped_models
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """One intra-op thread (conftest.one_thread)."""
+
+
+@pytest.fixture(scope="module")
+def digits_fd():
+    """FD (shipped classifier features, to the training digits) of 600 samples of a loaded model."""
+    ext = extractor_for("classifier", "digits")
+    real, _ = reference_features(ext, "digits")
+    return lambda D, **opts: measure(D, ext, real, 600, seed=0, **opts)[1]["fd"]
+
+
+def test_shipped_names():
+    assert {"digits-teacher", "digits-scd", "digits-sct"} <= set(shipped_models())
+
+
+@pytest.mark.parametrize("name,method", [("digits-scd", "scd"), ("digits-sct", "sct")])
+def test_shipped_students(name, method, digits_fd):
+    """Each shipped consistency student samples with solver="consistency" by default, and its 1- / 2-step
+    FD is within 1.6x / 1.25x of the teacher's at 20 calls (BENCHMARKS.md section 2 measures 1.02-1.41x /
+    0.90-1.06x over 3 x 2000 samples; 600 samples here, so looser bounds): a broken or mis-shipped
+    checkpoint lands far outside (untrained: FD > 10)."""
+    S = load_denoiser(name)
+    assert S.method == method and S.config["dataset"] == "digits" and S.num_classes == 10
+    z = torch.randn(4, *S.sample_shape)
+    y = torch.arange(4)
+    x1, nfe = sample(S, z, steps=1, class_labels=y, return_nfe=True)
+    assert nfe == 1 and x1.shape == z.shape and torch.isfinite(x1).all()
+    torch.testing.assert_close(x1, sample(S, z, solver="consistency", steps=1, class_labels=y))
+    teacher = digits_fd(load_denoiser("digits-teacher"), solver="dpm++2m", steps=20)
+    assert digits_fd(S, solver="consistency", steps=1) <= 1.6 * teacher
+    assert digits_fd(S, solver="consistency", steps=2) <= 1.25 * teacher
