@@ -108,10 +108,12 @@ def main(argv=None) -> int:
         for steps in map(int, args.student_steps.split(",")):
             for k, t_mid in enumerate(t_mids if steps == 2 else [None]):
                 r = run(S, "consistency", steps, **({} if t_mid is None else {"t_mid": t_mid}))
-                r.update(model=label, **({"solver": f"consistency, t_mid {t_mid:g}", "t_mid": t_mid} if k else {}))
-                rows.append(r)
-                print(f"{label:<7} {steps} step(s){'' if not k else f' t_mid {t_mid:g}'}: FD {r['fd']:.4f}  "
+                r["model"] = label
+                if k:  # the sweep's further t_mid rows (the first is the one the targets use)
+                    r.update(solver=f"consistency, t_mid {t_mid:g}", t_mid=t_mid)
+                print(f"{label:<7} {steps} step(s) [{r['solver']}]: FD {r['fd']:.4f}  "
                       f"{r['ms_per_sample']:.3f} ms/sample", flush=True)
+                rows.append(r)
 
     dpm = [r for r in rows if r["model"] == "teacher" and r["solver"] == "dpm++2m"]
     ref = min((r["fd"] for r in dpm if r["nfe"] >= 20), default=None)

@@ -99,19 +99,13 @@ def load_denoiser(spec, device="cpu", model_dtype: torch.dtype | None = None) ->
 def _fitted_solvers(meta: dict, spec) -> dict:
     """{(model calls, guidance scale or None): FittedSolver} shipped in the meta or saved in a run directory's
     solvers/ folder (later files replace earlier ones for the same key)."""
-    from .solvers.fitted import FittedSolver
+    from .solvers.fitted import FittedSolver, guidance_key
 
     found = [FittedSolver.from_dict(d) for d in meta.get("fitted_solvers", [])]
     folder = Path(spec) / "solvers" if not (isinstance(spec, str) and spec in shipped_models()) else None
     if folder is not None and folder.is_dir():
         found += [FittedSolver.load(f) for f in sorted(folder.glob("*.json"))]
-    return {(fs.nfe, _fitted_guidance(fs)): fs for fs in found}
-
-
-def _fitted_guidance(fs) -> float | None:
-    """The guidance scale a fitted solver was fitted under (None: unguided; scale 1 counts as unguided)."""
-    g = fs.meta.get("guidance")
-    return None if g is None or float(g) == 1.0 else float(g)
+    return {(fs.nfe, guidance_key(fs.meta.get("guidance"))): fs for fs in found}
 
 
 def _shape_of(model_config: dict) -> tuple:

@@ -18,7 +18,7 @@ from .processes import Process, get_process
 from .solvers.ddim import ddim
 from .solvers.dpm_solver import dpm_adaptive, dpm_multistep, dpm_singlestep, sde_dpmpp_2m
 from .solvers.edm import edm_sampler
-from .solvers.fitted import FittedSolver, fitted_solve
+from .solvers.fitted import FittedSolver, fitted_solve, guidance_key
 from .solvers.unipc import unipc
 from .spacing import make_grid
 
@@ -190,8 +190,7 @@ def sample(model, noise: Tensor, *, process=None, prediction: str = "eps", solve
     if (solver is None and fitted is None and classifier is None and isinstance(steps, int)
             and not _grid_options(order, spacing, end, t_start, solver_options)):
         # a fitted solver the model carries (pretrained.load_denoiser) for these calls and this guidance
-        scale = None if guidance_scale is None or float(guidance_scale) == 1.0 else float(guidance_scale)
-        fitted = getattr(D, "fitted_solvers", {}).get((steps, scale))
+        fitted = getattr(D, "fitted_solvers", {}).get((steps, guidance_key(guidance_scale)))
     name = solver or defaults["solver"]
     if not isinstance(name, str):
         raise ValueError(f"solver must be a name (one of {', '.join(SOLVERS)}) or a FittedSolver, got {name!r}")

@@ -39,16 +39,17 @@ def run(args) -> int:
     from ..fitting import fit_solver
     from ..guidance import LabelCFG
     from ..pretrained import load_denoiser
+    from ..solvers.fitted import guidance_key
 
     if args.n < 2:
         raise ValueError("--n must be >= 2")
     D = load_denoiser(args.model, device=args.device)  # its weights come frozen: only the solver is learned
     g = torch.Generator().manual_seed(args.seed)
     noise = torch.randn(args.n, *D.sample_shape, generator=g).to(args.device)
-    cond = {}
+    cond, guided = {}, guidance_key(args.guidance) is not None
     if D.num_classes:
         labels = (torch.arange(args.n) % D.num_classes).to(args.device)
-        if args.guidance is not None and args.guidance != 1.0:
+        if guided:
             D = LabelCFG(D, args.guidance, D.num_classes)
         cond = {"class_labels": labels}
     elif args.guidance is not None:
@@ -57,7 +58,7 @@ def run(args) -> int:
     fs = fit_solver(D, noise, args.steps, reference_steps=args.reference_steps, max_iter=args.max_iter,
                     batch_size=args.batch_size, cond=cond, progress=True)
     fs.meta.update(model=str(args.model), guidance=args.guidance, seed=args.seed)
-    tag = f"-cfg{args.guidance:g}" if args.guidance not in (None, 1.0) else ""
+    tag = f"-cfg{args.guidance:g}" if guided else ""
     if args.out:
         out = Path(args.out)
     elif Path(args.model).is_dir():
@@ -68,7 +69,6 @@ def run(args) -> int:
     fs.save(out)
     m = fs.meta
     print(f"fitted a {args.steps}-call solver in {time.perf_counter() - t0:.0f}s: RMSE to the "
-          f"{args.reference_steps}-call "
-          f"reference on held-out noise {m['val_rmse_init']:.4f} (default) -> {m['val_rmse']:.4f} -> {out}")
+          f"{args.reference_steps}-call reference on held-out noise {m['val_rmse_init']:.4f} (default) -> {m['val_rmse']:.4f} -> {out}")
     return 0
 

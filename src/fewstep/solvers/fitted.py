@@ -28,9 +28,14 @@ from torch import Tensor
 
 from .common import Model, record_nfe, steps_iter
 
-__all__ = ["FittedSolver", "fitted_solve", "solver_weights"]
+__all__ = ["FittedSolver", "fitted_solve", "guidance_key", "solver_weights"]
 
 F64 = torch.float64
+
+
+def guidance_key(scale) -> float | None:
+    """A guidance scale as fitted solvers are keyed by it: None when unguided (None, or scale 1)."""
+    return None if scale is None or float(scale) == 1.0 else float(scale)
 
 
 @dataclass
