@@ -34,6 +34,7 @@ import torch
 from fewstep.commands.common import pyplot
 from fewstep.commands.evaluate import extractor_for, measure, reference_features
 from fewstep.distill.sampling import DEFAULT_T_MID
+from fewstep.models.presets import count_params
 from fewstep.pretrained import load_denoiser
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
         r["fd_seeds"] = [x["fd"] for x in runs]
         return r
 
-    rows = []
+    rows, params = [], {"teacher": count_params(T.model)}
     for solver in args.teacher_solvers.split(","):
         for nfe in map(int, args.teacher_nfe.split(",")):
             r = run(T, None if solver == "default" else solver, nfe)
@@ -105,6 +106,7 @@ def main(argv=None) -> int:
         S = load_denoiser(path)
         if S.config["dataset"] != dataset:
             raise SystemExit(f"student {path} was trained on {S.config['dataset']}, the teacher on {dataset}")
+        params[label] = count_params(S.model)
         for steps in map(int, args.student_steps.split(",")):
             for k, t_mid in enumerate(t_mids if steps == 2 else [None]):
                 r = run(S, "consistency", steps, **({} if t_mid is None else {"t_mid": t_mid}))
@@ -125,6 +127,7 @@ def main(argv=None) -> int:
              f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
              f"threads; time = min of {args.repeats} runs.", "",
              f"Command: `python benchmarks/consistency.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
+             "Network parameters: " + ", ".join(f"{k} {v:,}" for k, v in params.items()) + ".", "",
              "| model | sampler | model calls | FD | FD / teacher FD (>= 20 calls) | precision | recall | ms / sample "
              "| speed-up at equal FD |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

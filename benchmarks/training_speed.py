@@ -21,7 +21,8 @@ by iteration (median over seeds), and the iterations each method needs to reach 
         --iters 2000 --eval-every 250 --samples 500 --tag _reduced
 
 Runs are done one after another (or in `--jobs` processes of one torch thread each); every finished
-run is appended to benchmarks/out/training_speed_<dataset><tag>.runs.jsonl and reused when the same
+run is appended to <scratch>/training_speed_<dataset><tag>.runs.jsonl (default scratch:
+benchmarks/out) and reused when the same
 command is run again (delete the file or pass --fresh to start over), so an interrupted benchmark
 loses at most one run. Writes <out>/training_speed_<dataset><tag>.{png,json} (default out:
 benchmarks/results) and prints markdown tables.
@@ -272,7 +273,8 @@ def main(argv=None):
     p.add_argument("--name", default=None, help="output file stem (default training_speed_<dataset><tag>); "
                    "stored runs are still shared by dataset and tag")
     p.add_argument("--out", default=str(HERE / "results"), help="directory for the .png / .json")
-    p.add_argument("--fresh", action="store_true", help="ignore stored runs")
+    p.add_argument("--scratch", default=str(SCRATCH), help="directory of the stored runs (.runs.jsonl)")
+    p.add_argument("--fresh", action="store_true", help="ignore (and delete) the stored runs")
     p.add_argument("--summary-only", action="store_true", help="only summarise the stored runs")
     p.add_argument("--verbose", action="store_true", help="print every evaluation")
     args = p.parse_args(argv)
@@ -308,8 +310,9 @@ def main(argv=None):
         args.floor_note = f"{len(held)} of the reference images themselves, no test split"
     floor = frechet_distance_from_features(features(net, held), real)
 
-    SCRATCH.mkdir(parents=True, exist_ok=True)
-    store = SCRATCH / f"training_speed_{args.dataset}{args.tag}.runs.jsonl"
+    scratch = Path(args.scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    store = scratch / f"training_speed_{args.dataset}{args.tag}.runs.jsonl"
     settings = {k: getattr(args, k) for k in RUN_KEYS}
     done = {}
     if store.is_file() and not args.fresh:

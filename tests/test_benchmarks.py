@@ -1,0 +1,90 @@
+"""The benchmark scripts' own logic: the consistency benchmark's speed-up at equal FD, and a smoke run
+of it on the shipped digits models (tiny sample counts; the figures themselves live in BENCHMARKS.md)."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses defined in the script look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def consistency():
+    return _script("consistency")
+
+
+TEACHER = [{"nfe": 5, "fd": 0.8, "ms_per_sample": 2.0}, {"nfe": 10, "fd": 0.2, "ms_per_sample": 4.0},
+           {"nfe": 20, "fd": 0.25, "ms_per_sample": 8.0}]
+
+
+def test_time_at_fd_interpolates_log_log_along_the_calls(consistency):
+    assert consistency.time_at_fd(TEACHER, 0.8) == (pytest.approx(2.0), True)
+    ms, exact = consistency.time_at_fd(TEACHER, 0.4)  # halfway between 0.8 and 0.2 in log FD
+    assert exact and ms == pytest.approx(math.sqrt(2.0 * 4.0))
+    # the FD curve is not monotone: the first crossing (cheapest teacher) is the one used
+    assert consistency.time_at_fd(list(reversed(TEACHER)), 0.22)[0] < 4.0
+
+
+def test_time_at_fd_bounds_and_never(consistency):
+    # worse than the teacher's cheapest setting: its time is only an upper bound on the teacher's time
+    assert consistency.time_at_fd(TEACHER, 1.5) == (2.0, False)
+    # better than every teacher setting: no time at equal FD
+    assert consistency.time_at_fd(TEACHER, 0.1) == (None, False)
+
+
+def test_consistency_benchmark_smoke(consistency, tmp_path):
+    assert consistency.main(["--students", "sct=digits-sct", "--teacher-nfe", "3,5", "--teacher-solvers", "dpm++2m",
+                             "--student-steps", "1,2", "--n", "64", "--batch", "64", "--repeats", "1",
+                             "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "consistency_digits.md").read_text()
+    assert "Network parameters: teacher 1,742,433, sct 1,742,433." in text
+    rows = json.loads((tmp_path / "consistency_digits.json").read_text())
+    assert [(r["model"], r["nfe"]) for r in rows] == [("teacher", 3), ("teacher", 5), ("sct", 1), ("sct", 2)]
+    assert all(r["fd"] > 0 and r["ms_per_sample"] > 0 for r in rows)
+    assert (tmp_path / "consistency_digits.png").stat().st_size > 0
+
+
+def test_solver_benchmark_smoke(tmp_path):
+    """benchmarks/solvers.py --quick on 50 samples: the headline table against diffusers is produced for
+    both mixtures; at 20 calls the default is far below every diffusers scheduler (ratio ~0.2 at any
+    sample count), which a broken default or a broken diffusers adapter would change."""
+    solvers = _script("solvers")
+    solvers.main(["--quick", "--samples", "50", "--skip", "research,timing,optimise,heldout,processes",
+                  "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "solvers.json").read_text())
+    for mixture in ("sharp", "smooth"):
+        row = result["headline"][mixture]["fewstep default"]
+        assert set(row) == {"5", "10", "20"}
+        assert all(r["rmse"] > 0 and isinstance(r["best_diffusers"][0], str) for r in row.values())
+        assert row["20"]["ratio"] < 0.5, (mixture, row["20"])
+    assert "## Headline: fewstep vs the best diffusers scheduler" in (tmp_path / "solvers.md").read_text()
+    assert (tmp_path / "solvers_rmse.png").stat().st_size > 0
+
+
+def test_training_speed_benchmark_smoke(tmp_path):
+    """benchmarks/training_speed.py for 20 iterations: both methods trained, evaluated on the grid of
+    iterations, summarised against uniform's final FD, plot and JSON written."""
+    training_speed = _script("training_speed")
+    training_speed.main(["--iters", "20", "--eval-every", "10", "--seeds", "0", "--methods", "uniform,speed",
+                         "--samples", "64", "--reference", "200", "--sample-steps", "3", "--fresh",
+                         "--out", str(tmp_path), "--scratch", str(tmp_path), "--name", "smoke"])
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    assert result["iters"] == [10, 20]
+    assert set(result["median"]) == {"uniform", "speed"}
+    assert all(len(c) == 2 and all(math.isfinite(v) and v > 0 for v in c) for c in result["median"].values())
+    assert result["target"] == result["median"]["uniform"][-1]
+    assert (tmp_path / "smoke.png").stat().st_size > 0
+    stored = [json.loads(line) for line in (tmp_path / "training_speed_digits.runs.jsonl").read_text().splitlines()]
+    assert sorted(r["method"] for r in stored) == ["speed", "uniform"]  # resumable: each finished run is kept
