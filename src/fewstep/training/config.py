@@ -453,6 +453,12 @@ PRESETS: dict[str, TrainConfig] = {
     # The shipped digits-sct is this preset's 16000-iteration checkpoint (1- / 2-step FD 1.02x / 0.90x the teacher's).
     "digits-sct": _digits(name="digits-sct", method="sct", student_init="scratch", lr=2e-4, steps=16000,
                           ema_half_life=12800.0, checkpoint_every=2000, scm_args=_scm_args(300), **_SCM),
+    # The same recipe on a 4x smaller network (16 base channels, 438k parameters; each call 3x cheaper on
+    # CPU): the shipped digits-sct-small is its 32000-iteration checkpoint (1- / 2-step FD 0.94x / 1.06x
+    # the teacher's over 6 seeds, 13-30x faster than the teacher at equal FD).
+    "digits-sct-small": _digits(name="digits-sct-small", method="sct", student_init="scratch", model_args={"channels": 16},
+                                lr=2e-4, steps=32000, ema_half_life=12800.0, checkpoint_every=2000,
+                                scm_args=_scm_args(300), **_SCM),
     "fashion-scd": _fashion(name="fashion-scd", method="scd", teacher="runs/fashion-teacher", lr=1e-4, steps=20000,
                             ema_half_life=50000.0, checkpoint_every=1000, scm_args=_scm_args(1000), **_SCM),
     "fashion-sct": _fashion(name="fashion-sct", method="sct", student_init="scratch", lr=2e-4, steps=50000,
