@@ -1,5 +1,6 @@
-"""The benchmark scripts' own logic: the consistency benchmark's speed-up at equal FD, and a smoke run
-of it on the shipped digits models (tiny sample counts; the figures themselves live in BENCHMARKS.md)."""
+"""The benchmark scripts: the consistency benchmark's speed-up at equal FD, and smoke runs of the
+consistency, solver and training-speed benchmarks at tiny sizes, so that they keep running and writing
+their tables (the figures themselves live in BENCHMARKS.md)."""
 
 import importlib.util
 import json

@@ -455,7 +455,7 @@ PRESETS: dict[str, TrainConfig] = {
                           ema_half_life=12800.0, checkpoint_every=2000, scm_args=_scm_args(300), **_SCM),
     # The same recipe on a 4x smaller network (16 base channels, 438k parameters; each call 3x cheaper on
     # CPU): the shipped digits-sct-small is its 32000-iteration checkpoint (1- / 2-step FD 0.94x / 1.06x
-    # the teacher's over 6 seeds, 13-30x faster than the teacher at equal FD).
+    # the teacher's over 6 seeds; at equal FD 13-15x (2 steps) and over 30x (1 step) faster than the teacher).
     "digits-sct-small": _digits(name="digits-sct-small", method="sct", student_init="scratch", model_args={"channels": 16},
                                 lr=2e-4, steps=32000, ema_half_life=12800.0, checkpoint_every=2000,
                                 scm_args=_scm_args(300), **_SCM),
