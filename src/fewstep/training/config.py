@@ -427,6 +427,12 @@ def _scm_args(tangent_warmup: int) -> dict:
     return {"tangent_warmup": tangent_warmup, "adaptive_weight": False}
 
 
+def _digits_sct(**kw) -> TrainConfig:
+    """sCT from scratch on digits (the digits-sct recipe: lr 2e-4, tangent warm-up 300, no adaptive weight)."""
+    return _digits(method="sct", student_init="scratch", lr=2e-4, ema_half_life=12800.0, checkpoint_every=2000,
+                   scm_args=_scm_args(300), **_SCM, **kw)
+
+
 PRESETS: dict[str, TrainConfig] = {
     # SpeeD (Wang et al. 2024) with the official k = 5, tau = 700 of 1000, lam = 0.6
     "digits-speed": _digits(name="digits-speed", **_SPEED),
@@ -451,16 +457,13 @@ PRESETS: dict[str, TrainConfig] = {
     "digits-scd": _digits(name="digits-scd", method="scd", teacher="digits-teacher", lr=1e-4, steps=12000,
                           ema_half_life=12800.0, checkpoint_every=500, scm_args=_scm_args(200), **_SCM),
     # The shipped digits-sct is this preset's 16000-iteration checkpoint (1- / 2-step FD 1.02x / 0.90x the teacher's).
-    "digits-sct": _digits(name="digits-sct", method="sct", student_init="scratch", lr=2e-4, steps=16000,
-                          ema_half_life=12800.0, checkpoint_every=2000, scm_args=_scm_args(300), **_SCM),
+    "digits-sct": _digits_sct(name="digits-sct", steps=16000),
     # The same recipe on a 4x smaller network (16 base channels, 438k parameters; each call 3x cheaper on
     # CPU): the shipped digits-sct-small is its 32000-iteration checkpoint (1- / 2-step FD 0.94x / 1.06x
     # the teacher's over 6 seeds; at equal FD 13-15x (2 steps) and over 30x (1 step) faster than the teacher).
-    "digits-sct-small": _digits(name="digits-sct-small", method="sct", student_init="scratch", model_args={"channels": 16},
-                                lr=2e-4, steps=32000, ema_half_life=12800.0, checkpoint_every=2000,
-                                scm_args=_scm_args(300), **_SCM),
+    "digits-sct-small": _digits_sct(name="digits-sct-small", model_args={"channels": 16}, steps=32000),
     # Fashion-MNIST sCD as measured in BENCHMARKS.md section 2 (teacher: runs/fashion-teacher, trained by
-    # fashion-speed-trigflow with the overrides given there); batch 64 on one CPU core, ~1 s per iteration.
+    # fashion-speed-trigflow with the overrides given there); batch 64, ~0.8 s per iteration on one CPU core.
     "fashion-scd": _fashion(name="fashion-scd", method="scd", teacher="runs/fashion-teacher", lr=1e-4, steps=30000,
                             batch_size=64, ema_half_life=12800.0, checkpoint_every=1000, scm_args=_scm_args(200),
                             **_SCM),
