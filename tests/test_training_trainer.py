@@ -101,6 +101,25 @@ def _inject_nan(trainer, steps):
     trainer.objective.forward = poisoned
 
 
+def test_lr_warm_up_stable_cool_down(tmp_path):
+    """warmup_steps then constant then lr_cooldown: the LR falls linearly to lr / c at the last step;
+    a run resumed with a larger `steps` and a cool-down continues the constant phase exactly."""
+    cfg = rich_config(steps=10, lr=1e-3, warmup_steps=2, lr_cooldown=4)
+    t = Trainer(cfg, out=tmp_path / "a")
+    lrs = [t.lr_at(s) for s in range(cfg.steps)]
+    assert lrs == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    logged = []
+    t.fit()
+    with open(tmp_path / "a" / "metrics.csv") as f:
+        logged = [float(r["lr"]) for r in csv.DictReader(f)]
+    assert logged[-1] == pytest.approx(2.5e-4)  # the last logged step runs at lr / c
+    constant = Trainer(cfg.replace(steps=6, lr_cooldown=0), out=tmp_path / "b")
+    constant.fit()
+    resumed = Trainer(cfg, out=tmp_path / "b", resume=True)
+    resumed.fit()
+    assert_identical(t, resumed)
+
+
 def test_nan_steps_are_skipped():
     trainer = Trainer(rich_config(steps=8, accum_steps=1, learned_weighting=False))
     _inject_nan(trainer, {3, 4})
@@ -197,6 +216,8 @@ def test_overrides():
     ("process_args.bogus=1", "bad process_args"),
     ("conditional=maybe", "true or false"),
     ("noequals", "key=value"),
+    ("lr_cooldown=-1", r"lr_cooldown must lie in \[0, steps"),
+    ("lr_cooldown=1000000000", r"lr_cooldown must lie in \[0, steps"),
 ])
 def test_bad_config_input(override, match):
     cfg = get_preset("digits-speed").replace(accum_steps=4)

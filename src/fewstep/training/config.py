@@ -46,7 +46,9 @@ class TrainConfig:
                  (training/weighting.py), learned_weighting (EDM2 uncertainty on top), conditional,
                  p_uncond (label dropout for classifier-free guidance)
     optimiser:   optimizer (adamw | radam), lr, betas, weight_decay, adam_eps, warmup_steps (linear
-                 LR warm-up), grad_clip (max global grad norm; 0 = off)
+                 LR warm-up), lr_cooldown (the last lr_cooldown steps before `steps` bring the LR
+                 linearly to 0: a warm-up / stable / decay schedule, so a constant-LR run can be
+                 resumed with a larger `steps` and a cool-down), grad_clip (max global grad norm; 0 = off)
     schedule:    steps (optimiser steps), batch_size (global: all ranks and accumulation steps
                  together), accum_steps (gradient accumulation)
     EMA:         ema_half_life (images), ema_warmup_ratio (None = off)
@@ -92,6 +94,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     adam_eps: float = 1e-8
     warmup_steps: int = 200
+    lr_cooldown: int = 0
     grad_clip: float = 1.0
     # schedule
     steps: int = 10000
@@ -149,6 +152,8 @@ class TrainConfig:
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(self.adam_eps > 0, f"adam_eps must be > 0, got {self.adam_eps}")
         need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        need(0 <= self.lr_cooldown <= self.steps,
+             f"lr_cooldown must lie in [0, steps = {self.steps}], got {self.lr_cooldown}")
         need(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         need(self.steps >= 0, f"steps must be >= 0, got {self.steps}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")

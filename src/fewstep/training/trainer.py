@@ -245,9 +245,14 @@ class Trainer:
         return self.dist.is_main
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up over `warmup_steps`, then constant."""
-        w = self.config.warmup_steps
-        return self.config.lr * (min(1.0, (step + 1) / w) if w > 0 else 1.0)
+        """Linear warm-up over `warmup_steps`, constant, then (with `lr_cooldown` = c > 0) linear
+        decay over the last c steps: step `steps` - c runs at lr, the last one at lr / c."""
+        cfg = self.config
+        w, c = cfg.warmup_steps, cfg.lr_cooldown
+        factor = min(1.0, (step + 1) / w) if w > 0 else 1.0
+        if c > 0:
+            factor = min(factor, (cfg.steps - step) / c)
+        return cfg.lr * factor
 
     def _autocast(self):
         if self.config.precision == "bf16" and self.device.type == "cuda":
