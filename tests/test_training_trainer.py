@@ -255,6 +255,18 @@ def test_cli_dry_run_and_errors(tmp_path, capsys):
     assert "unknown key(s) 'colour'" in capsys.readouterr().err
     assert main([]) == 2
     assert main(["--list-presets"]) == 0 and "digits-speed" in capsys.readouterr().out
+    # overrides may also follow the options, in both entry points; other leftovers stay errors
+    assert main(["digits-speed", "--out", str(tmp_path / "late"), "steps=5", "--dry-run", "lr=0.002"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["steps"] == 5 and printed["lr"] == 0.002 and printed["out"] == str(tmp_path / "late")
+    from fewstep.cli import main as fewstep_main
+
+    assert fewstep_main(["distill", "digits-sct", "--out", str(tmp_path / "d"), "steps=7", "--dry-run"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["steps"] == 7
+    for argv in (["train", "digits-speed", "--dry-run", "steps=5", "--bogus"], ["sample", "digits-sct", "x=1"]):
+        with pytest.raises(SystemExit):
+            fewstep_main(argv)
+        assert "unrecognized arguments" in capsys.readouterr().err
 
 
 def test_cli_train_and_resume(tmp_path, capsys):

@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    from .training.cli import parse_with_late_items
+
+    args = parse_with_late_items(build_parser(), argv)
     try:
         return args.fn(args)
     except (ValueError, FileNotFoundError) as e:

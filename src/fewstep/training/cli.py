@@ -18,7 +18,20 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["add_train_parser", "add_distill_parser", "run_train", "run_distill", "main"]
+__all__ = ["add_train_parser", "add_distill_parser", "run_train", "run_distill", "main", "parse_with_late_items"]
+
+
+def parse_with_late_items(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """parser.parse_args, except that key=value overrides may also follow the options
+    (`fewstep distill NAME --out runs/a steps=100`): argparse leaves those over once an option has
+    ended the positional list; they join `items`. Anything else left over is an error as usual."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        late = [e for e in extra if "=" in e and not e.startswith("-")]
+        if late != extra or not hasattr(args, "items"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.items = list(args.items or []) + late
+    return args
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -179,7 +192,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="fewstep train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
-    args = p.parse_args(argv)
+    args = parse_with_late_items(p, argv)
     try:
         return run_train(args)
     except (ValueError, FileNotFoundError) as e:
