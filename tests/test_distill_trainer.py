@@ -61,6 +61,25 @@ def test_student_starts_as_the_teacher_and_config_says_trigflow(teacher_dir):
         torch.testing.assert_close(student.consistency(x, t), teacher(x_p, t_p), atol=1e-10, rtol=1e-10)
 
 
+def test_student_init_from_an_earlier_student(tmp_path, teacher_dir):
+    """student_init = a checkpoint: the new run's student starts as that (EMA) model, here an sCD
+    student distilled further by sCT and by sCD from another teacher; a bad spec is refused."""
+    Trainer(_scd(teacher_dir), out=tmp_path / "first").fit()
+    first = load_denoiser(str(tmp_path / "first"))
+    x = torch.randn(8, 2)
+    t = torch.linspace(0.05, 1.5, 8)
+    for cfg in (_scd(teacher_dir, student_init=str(tmp_path / "first")),
+                get_preset("toy-tiny").replace(method="sct", student_init=str(tmp_path / "first"), steps=2)):
+        trainer = Trainer(cfg)
+        student = trainer.net.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(student.consistency(x, t), first.model.consistency(x, t), atol=1e-6, rtol=1e-6)
+        trainer.net.train()
+        trainer.fit()
+    with pytest.raises(ValueError, match="student_init must be"):
+        _scd(teacher_dir, student_init=str(tmp_path / "missing"))
+
+
 def test_scd_resume_is_bit_identical(tmp_path, teacher_dir):
     cfg = _scd(teacher_dir)
     straight = Trainer(cfg, out=tmp_path / "a")

@@ -7,7 +7,8 @@ accumulation and torchrun DDP all apply. With method "sct" / "scd" the trainer a
 - the process TrigFlow(sigma_data) (TrainConfig itself sets process / prediction to "trigflow" for
   these methods, so a checkpoint loads as a TrigFlow denoiser);
 - the student: with student_init="teacher" (the default when a teacher is given) a copy of the
-  teacher's network, reparameterised exactly as F when the teacher is not a TrigFlow model
+  teacher's network (with student_init = a checkpoint, run directory or shipped name, a copy of that
+  model's network instead, e.g. an earlier student to distil further from a new teacher), reparameterised exactly as F when the teacher is not a TrigFlow model
   (reparam.py), so f = the teacher's denoiser at step 0; otherwise the model preset with
   time_scale = DEFAULT_TIME_SCALE unless model_args say otherwise (trigflow.build_student);
 - the objective `SCMLoss(SCMConfig(mode=method, sigma_data, **scm_args), TeacherVelocity(teacher))`.
@@ -36,17 +37,17 @@ def build_consistency(cfg, num_classes: int, device, generator, rank: int = 0, w
     teacher = None
     if cfg.method == "scd":
         teacher = load_denoiser(cfg.teacher, device=device)
-        t_classes = int(teacher.num_classes or 0)
-        if t_classes and num_classes and t_classes != num_classes:
-            raise ValueError(f"the teacher has {t_classes} classes but the dataset {cfg.dataset!r} has {num_classes}")
-        if t_classes and not num_classes:
-            raise ValueError("the teacher is class-conditional: distil it with conditional=true on a labelled dataset")
-        if num_classes and not t_classes:
-            raise ValueError("the teacher is unconditional: set conditional=false")
-    if teacher is not None and cfg.student_init == "teacher":
+        _check_classes(teacher, num_classes, "the teacher")
+    source = teacher if cfg.student_init == "teacher" else None
+    if cfg.student_init not in ("teacher", "scratch"):
+        source = load_denoiser(cfg.student_init, device=device)
+        _check_classes(source, num_classes, f"the student_init model {cfg.student_init!r}")
+        if getattr(getattr(getattr(source, "inner", source), "model", None), "guided", False):
+            raise ValueError(f"student_init {cfg.student_init!r} is guidance-conditioned; start from its teacher instead")
+    if source is not None:
         if cfg.model_args:
-            warnings.warn("student_init=teacher: the student copies the teacher's network; model_args are ignored")
-        student = student_from_teacher(teacher, sd, guidance=guided)
+            warnings.warn(f"student_init={cfg.student_init}: the student copies that network; model_args are ignored")
+        student = student_from_teacher(source, sd, guidance=guided)
     else:
         student = build_student(cfg.model, sd, guidance=guided, num_classes=num_classes, **cfg.model_args)
     velocity = TeacherVelocity(teacher, sd, guidance_scale=scm.guidance) if teacher is not None else None
@@ -54,3 +55,13 @@ def build_consistency(cfg, num_classes: int, device, generator, rank: int = 0, w
     loss = SCMLoss(scm.replace(p_uncond=p_uncond), velocity, num_classes=num_classes, generator=generator,
                    rank=rank, world_size=world_size)
     return student.to(device), TrigFlow(sigma_data=sd), loss.to(device), teacher
+
+
+def _check_classes(model, num_classes: int, what: str) -> None:
+    m_classes = int(model.num_classes or 0)
+    if m_classes and num_classes and m_classes != num_classes:
+        raise ValueError(f"{what} has {m_classes} classes but the dataset has {num_classes}")
+    if m_classes and not num_classes:
+        raise ValueError(f"{what} is class-conditional: use conditional=true on a labelled dataset")
+    if num_classes and not m_classes:
+        raise ValueError(f"{what} is unconditional: set conditional=false")

@@ -62,7 +62,8 @@ class TrainConfig:
                  trigflow / trigflow / uniform (unused) / none), teacher (sCD: a
                  checkpoint, run directory or shipped model name), student_init ("teacher": the
                  student starts as the teacher, any process / prediction; "scratch": the preset's
-                 initialisation with model_args), scm_args (SCMConfig options: P_mean, P_std,
+                 initialisation with model_args; a checkpoint, run directory or shipped model name:
+                 the student starts as that model, e.g. an earlier student, for sCD or sCT), scm_args (SCMConfig options: P_mean, P_std,
                  tangent_warmup, tangent_c, tangent_norm, tangent, adaptive_weight, guidance, ...)
     """
 
@@ -172,8 +173,12 @@ class TrainConfig:
         need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
              f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        need(self.student_init in ("teacher", "scratch"),
-             f"student_init must be 'teacher' or 'scratch', got {self.student_init!r}")
+        if self.student_init not in ("teacher", "scratch"):
+            from ..pretrained import shipped_models
+
+            need(self.student_init in shipped_models() or Path(self.student_init).exists(),
+                 f"student_init must be 'teacher', 'scratch' or a checkpoint / run directory / shipped model, "
+                 f"got {self.student_init!r} (not found)")
         if self.method == "scd":
             need(bool(self.teacher), "method=scd needs teacher= (a checkpoint, run directory or shipped model name)")
         if self.method == "sct":
