@@ -108,7 +108,6 @@ def test_lr_warm_up_stable_cool_down(tmp_path):
     t = Trainer(cfg, out=tmp_path / "a")
     lrs = [t.lr_at(s) for s in range(cfg.steps)]
     assert lrs == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
-    logged = []
     t.fit()
     with open(tmp_path / "a" / "metrics.csv") as f:
         logged = [float(r["lr"]) for r in csv.DictReader(f)]

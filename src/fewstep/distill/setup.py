@@ -7,9 +7,10 @@ accumulation and torchrun DDP all apply. With method "sct" / "scd" the trainer a
 - the process TrigFlow(sigma_data) (TrainConfig itself sets process / prediction to "trigflow" for
   these methods, so a checkpoint loads as a TrigFlow denoiser);
 - the student: with student_init="teacher" (the default when a teacher is given) a copy of the
-  teacher's network (with student_init = a checkpoint, run directory or shipped name, a copy of that
-  model's network instead, e.g. an earlier student to distil further from a new teacher), reparameterised exactly as F when the teacher is not a TrigFlow model
-  (reparam.py), so f = the teacher's denoiser at step 0; otherwise the model preset with
+  teacher's network, reparameterised exactly as F when the teacher is not a TrigFlow model
+  (reparam.py), so f = the teacher's denoiser at step 0; with student_init = a checkpoint, run
+  directory or shipped name, the same copy of that model instead (e.g. an earlier student, to
+  distil further from a new teacher); with "scratch" the model preset with
   time_scale = DEFAULT_TIME_SCALE unless model_args say otherwise (trigflow.build_student);
 - the objective `SCMLoss(SCMConfig(mode=method, sigma_data, **scm_args), TeacherVelocity(teacher))`.
 """

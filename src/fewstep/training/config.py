@@ -48,7 +48,8 @@ class TrainConfig:
     optimiser:   optimizer (adamw | radam), lr, betas, weight_decay, adam_eps, warmup_steps (linear
                  LR warm-up), lr_cooldown (the last lr_cooldown steps before `steps` bring the LR
                  linearly to 0: a warm-up / stable / decay schedule, so a constant-LR run can be
-                 resumed with a larger `steps` and a cool-down), grad_clip (max global grad norm; 0 = off)
+                 resumed with a larger `steps` and a cool-down), grad_clip (max global grad norm;
+                 0 = off)
     schedule:    steps (optimiser steps), batch_size (global: all ranks and accumulation steps
                  together), accum_steps (gradient accumulation)
     EMA:         ema_half_life (images), ema_warmup_ratio (None = off)
@@ -63,8 +64,9 @@ class TrainConfig:
                  checkpoint, run directory or shipped model name), student_init ("teacher": the
                  student starts as the teacher, any process / prediction; "scratch": the preset's
                  initialisation with model_args; a checkpoint, run directory or shipped model name:
-                 the student starts as that model, e.g. an earlier student, for sCD or sCT), scm_args (SCMConfig options: P_mean, P_std,
-                 tangent_warmup, tangent_c, tangent_norm, tangent, adaptive_weight, guidance, ...)
+                 the student starts as that model, e.g. an earlier student, for sCD or sCT),
+                 scm_args (SCMConfig options: P_mean, P_std, tangent_warmup, tangent_c,
+                 tangent_norm, tangent, adaptive_weight, guidance, ...)
     """
 
     name: str = "custom"
