@@ -467,6 +467,16 @@ def test_sct_from_scratch_finds_every_mode():
 # ------------------------------------------------------------------------------------------ students from any teacher
 
 
+def test_student_from_a_guided_student_is_refused():
+    """A guidance-conditioned student's guidance embedding hooks its network; copying the network alone
+    would silently drop it, so student_from_teacher (the teacher and student_init path) refuses."""
+    guided = wrap(build_student("mlp-tiny", 0.5, guidance=True), TrigFlow(0.5), "trigflow", sigma_data=0.5)
+    with pytest.raises(ValueError, match="guidance-conditioned"):
+        student_from_teacher(guided, 0.5)
+    plain = wrap(build_student("mlp-tiny", 0.5), TrigFlow(0.5), "trigflow", sigma_data=0.5)
+    assert not student_from_teacher(plain, 0.5).guided
+
+
 @pytest.mark.parametrize("process, prediction", [(VPDiscrete.linear(), "eps"), (EDM(), "edm"), (Flow(), "flow"),
                                                  (VPCosine(), "v"), (VPLinear(), "x0"), (TrigFlow(0.5), "trigflow")],
                          ids=["vp-eps", "edm", "flow", "vpcos-v", "vplin-x0", "trigflow"])

@@ -83,6 +83,9 @@ def _network_of(teacher) -> nn.Module:
     inner = getattr(teacher, "inner", teacher)
     net = getattr(inner, "model", None)
     if isinstance(net, TrigFlowModel):
+        if net.guided:  # its guidance embedding hooks the network it wraps and would not come along
+            raise ValueError("student_from_teacher: a guidance-conditioned consistency model cannot be copied; "
+                             "start from its teacher instead")
         net = net.net
     if not isinstance(net, nn.Module):
         raise ValueError("student_from_teacher: the teacher must be a fewstep Denoiser around an nn.Module "

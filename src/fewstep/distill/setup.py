@@ -38,13 +38,11 @@ def build_consistency(cfg, num_classes: int, device, generator, rank: int = 0, w
     teacher = None
     if cfg.method == "scd":
         teacher = load_denoiser(cfg.teacher, device=device)
-        _check_classes(teacher, num_classes, "the teacher")
+        _check_classes(teacher, num_classes, cfg.dataset, "the teacher")
     source = teacher if cfg.student_init == "teacher" else None
     if cfg.student_init not in ("teacher", "scratch"):
         source = load_denoiser(cfg.student_init, device=device)
-        _check_classes(source, num_classes, f"the student_init model {cfg.student_init!r}")
-        if getattr(getattr(getattr(source, "inner", source), "model", None), "guided", False):
-            raise ValueError(f"student_init {cfg.student_init!r} is guidance-conditioned; start from its teacher instead")
+        _check_classes(source, num_classes, cfg.dataset, f"the student_init model {cfg.student_init!r}")
     if source is not None:
         if cfg.model_args:
             warnings.warn(f"student_init={cfg.student_init}: the student copies that network; model_args are ignored")
@@ -58,10 +56,10 @@ def build_consistency(cfg, num_classes: int, device, generator, rank: int = 0, w
     return student.to(device), TrigFlow(sigma_data=sd), loss.to(device), teacher
 
 
-def _check_classes(model, num_classes: int, what: str) -> None:
+def _check_classes(model, num_classes: int, dataset: str, what: str) -> None:
     m_classes = int(model.num_classes or 0)
     if m_classes and num_classes and m_classes != num_classes:
-        raise ValueError(f"{what} has {m_classes} classes but the dataset has {num_classes}")
+        raise ValueError(f"{what} has {m_classes} classes but the dataset {dataset!r} has {num_classes}")
     if m_classes and not num_classes:
         raise ValueError(f"{what} is class-conditional: use conditional=true on a labelled dataset")
     if num_classes and not m_classes:
