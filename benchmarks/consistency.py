@@ -56,6 +56,25 @@ def time_at_fd(teacher_rows, fd) -> tuple[float | None, bool]:
     return None, False
 
 
+def load_teacher_rows(path, setting: dict) -> list[dict]:
+    """The teacher rows of an earlier run's JSON, refused unless they were measured in `setting` (the
+    same teacher, samples per seed, batch and noise seeds): FD ratios against another setting's teacher
+    would be meaningless."""
+    try:
+        stored = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--teacher-rows {path}: cannot read it ({e})")
+    rows = [r for r in stored if isinstance(r, dict) and r.get("model") == "teacher"]
+    if not rows:
+        raise SystemExit(f"--teacher-rows {path}: no teacher rows in it")
+    for r in rows:
+        if r.get("setting") != setting:
+            raise SystemExit(f"--teacher-rows {path}: its teacher rows were measured with "
+                             f"{r.get('setting', 'no recorded setting (an older run)')}, this run asks for "
+                             f"{setting}; run the teacher again")
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", default="digits-teacher")
@@ -71,6 +90,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seeds", default="0", help="comma list of noise seeds; FD / precision / recall are averaged "
                     "over them (timing uses the first)")
+    ap.add_argument("--teacher-rows", default=None, metavar="JSON",
+                    help="reuse the teacher rows of an earlier run's consistency_<dataset>.json (same teacher, --n, "
+                    "--batch and --seeds) instead of sampling the teacher again; --teacher-nfe / --teacher-solvers "
+                    "are then ignored")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
     if args.threads:
@@ -95,10 +118,13 @@ def main(argv=None) -> int:
         return r
 
     rows, params = [], {"teacher": count_params(T.model)}
-    for solver in args.teacher_solvers.split(","):
+    setting = {"teacher": args.teacher, "n": args.n, "batch": args.batch, "seeds": seeds}
+    if args.teacher_rows:
+        rows = load_teacher_rows(args.teacher_rows, setting)
+    for solver in [] if args.teacher_rows else args.teacher_solvers.split(","):
         for nfe in map(int, args.teacher_nfe.split(",")):
             r = run(T, None if solver == "default" else solver, nfe)
-            r.update(model="teacher", solver=solver)
+            r.update(model="teacher", solver=solver, setting=setting)
             rows.append(r)
             print(f"teacher {solver:<9} NFE {nfe:>3}: FD {r['fd']:.4f}  {r['ms_per_sample']:.3f} ms/sample", flush=True)
     for spec in filter(None, args.students.split(",")):
@@ -126,7 +152,9 @@ def main(argv=None) -> int:
              f"setting and seed (labels spread over the classes; FD, precision, recall: mean over noise seeds "
              f"{args.seeds}, min-max in brackets), batch {args.batch}, CPU "
              f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
-             f"threads; time = min of {args.repeats} runs.", "",
+             f"threads; time = min of {args.repeats} runs."
+             + (f" Teacher rows reused from `{args.teacher_rows}` (timed in that run)." if args.teacher_rows else ""),
+             "",
              f"Command: `python benchmarks/consistency.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
              "Network parameters: " + ", ".join(f"{k} {v:,}" for k, v in params.items()) + ".", "",
              "| model | sampler | model calls | FD | FD / teacher FD (>= 20 calls) | precision | recall | ms / sample "

@@ -93,3 +93,28 @@ def test_training_speed_benchmark_smoke(tmp_path):
     assert (tmp_path / "smoke.png").stat().st_size > 0
     stored = [json.loads(line) for line in (tmp_path / "training_speed_digits.runs.jsonl").read_text().splitlines()]
     assert sorted(r["method"] for r in stored) == ["speed", "uniform"]  # resumable: each finished run is kept
+
+
+def test_consistency_benchmark_reuses_teacher_rows_of_the_same_setting_only(consistency, tmp_path):
+    """--teacher-rows: a second run scores new students against the first run's teacher rows (copied,
+    not re-measured); rows measured with other seeds, another sample count or from an older JSON without
+    a recorded setting are refused with the reason."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = ["--teacher-solvers", "dpm++2m", "--n", "32", "--batch", "32", "--repeats", "1", "--student-steps", "1"]
+    consistency.main(["--students", "", "--teacher-nfe", "3", *common, "--out", str(first)])
+    stored = json.loads((first / "consistency_digits.json").read_text())
+    assert [r["model"] for r in stored] == ["teacher"]
+    assert stored[0]["setting"] == {"teacher": "digits-teacher", "n": 32, "batch": 32, "seeds": [0]}
+    rows_file = str(first / "consistency_digits.json")
+    consistency.main(["--students", "sct=digits-sct", "--teacher-rows", rows_file, *common, "--out", str(second)])
+    rows = json.loads((second / "consistency_digits.json").read_text())
+    assert rows[0] == stored[0] and [r["model"] for r in rows] == ["teacher", "sct"]
+    assert f"Teacher rows reused from `{rows_file}`" in (second / "consistency_digits.md").read_text()
+    with pytest.raises(SystemExit, match="seeds.*run the teacher again"):
+        consistency.main(["--students", "", "--teacher-rows", rows_file, *common, "--seeds", "1", "--out", str(second)])
+    stored[0].pop("setting")
+    (tmp_path / "old.json").write_text(json.dumps(stored))
+    with pytest.raises(SystemExit, match="no recorded setting"):
+        consistency.main(["--students", "", "--teacher-rows", str(tmp_path / "old.json"), *common, "--out", str(second)])
+    with pytest.raises(SystemExit, match="cannot read it"):
+        consistency.main(["--students", "", "--teacher-rows", str(tmp_path / "missing.json"), *common])
