@@ -1182,7 +1182,7 @@ def research(R: Report, results: dict, problems: dict, nfes, quick: bool, skip: 
                          ("logsnr+trailing stop=3", GRID_RULES["logsnr+trailing stop=3"]))
         R.add("## Research: other processes (unipc-3, lower_order_final=True, end='zero'; RMSE at NFE "
               + " / ".join(map(str, pn)) + ")", "",
-              f"The same two mixtures and test noise (scaled by each process's prior std), exact end point per process. "
+              "The same two mixtures and test noise (scaled by each process's prior std), exact end point per process. "
               "'vp-power' grids are fixed lambda grids, the same for every process; 'quadratic' "
               "is uniform in the square root of each process's own time (sigma for EDM).", "")
         rows = []

@@ -122,7 +122,7 @@ def main(argv=None):
             fs.save(os.path.join(args.out, f"fitted_{mix}_{nfe}.json"))
             out_f, out_d = sample(D, pb.noise, solver=fs), sample(D, pb.noise, steps=nfe)
             mf, md = pb.score(out_f), pb.score(out_d)
-            se_f, se_d = pb.sq_err(out_f), pb.sq_err(out_d)
+            se_f = pb.sq_err(out_f)
             lo, hi = bootstrap_ratio(se_f, best[2])
             rows.append([mix, nfe, f"{mf['rmse']:.4f} ({100 * mf['flips']:.2f}%)",
                          f"{md['rmse']:.4f} ({100 * md['flips']:.2f}%)",

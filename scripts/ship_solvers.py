@@ -14,7 +14,7 @@ import json
 
 from fewstep.pretrained import SHIPPED_DIR, shipped_models
 from fewstep.solvers.fitted import FittedSolver
-from fewstep.training.checkpoint import atomic_write_text
+from fewstep.atomic import atomic_write_text
 
 
 def main():

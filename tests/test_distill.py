@@ -15,7 +15,6 @@ from fewstep.distill import (SCMConfig, SCMLoss, TeacherVelocity, TrigFlowModel,
                              trigflow_to_process)
 from fewstep import sample
 from fewstep.distill import TeacherParameterised, build_student_from_spec, student_from_teacher, student_spec
-from fewstep.distill.teacher import trigflow_to_process
 from fewstep.models import build_model, get_config
 from fewstep.predictions import PREDICTIONS, wrap
 from fewstep.processes import EDM, VE, Flow, TrigFlow, VPCosine, VPDiscrete, VPLinear

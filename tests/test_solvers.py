@@ -1,7 +1,5 @@
 """Solvers against the exact oracle: orders of convergence, identities, and bad input."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -9,7 +7,7 @@ import torch
 from fewstep import sample
 from fewstep.processes import EDM, VE, Flow, TrigFlow, VPCosine, VPDiscrete, VPLinear
 from fewstep.sample import SOLVERS, default_solver
-from fewstep.solvers import ddim, dpm_adaptive, dpm_multistep, dpm_singlestep, edm_sampler, sde_dpmpp_2m, unipc
+from fewstep.solvers import ddim, dpm_adaptive, dpm_multistep, dpm_singlestep, edm_sampler, unipc
 from fewstep.solvers.dpm_solver import fast_orders
 from fewstep.spacing import make_grid, vp_power_kappa
 from fewstep.testing import GaussianMixture

@@ -11,7 +11,7 @@ from fewstep.predictions import PREDICTIONS, network_input, to_x0
 from fewstep.processes import EDM, Flow, TrigFlow, VPCosine, VPDiscrete, VPLinear
 from fewstep.training.ema import EMA, ema_beta
 from fewstep.training.losses import DiffusionLoss
-from fewstep.training.timesteps import LossSecondMoment, Uniform, make_sampler
+from fewstep.training.timesteps import LossSecondMoment, make_sampler
 from fewstep.training.weighting import LearnedWeighting, MinSNR
 
 PROCESSES = [VPDiscrete.linear(), VPLinear(), VPCosine(), EDM(), Flow(), TrigFlow()]

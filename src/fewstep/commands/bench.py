@@ -95,7 +95,7 @@ def run(args) -> int:
     write_json(out / "bench.json", {"command": "bench", "args": {k: v for k, v in vars(args).items() if k != "fn"},
                                     "rows": rows, "target": target, "recommendation": best})
     _plot(rows, out / "bench.png")
-    print(f"\n| solver | NFE | FD | precision | recall | ms/sample |\n|---|---|---|---|---|---|")
+    print("\n| solver | NFE | FD | precision | recall | ms/sample |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['solver']} | {r['nfe']} | {r['fd']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | "
               f"{r['ms_per_sample']:.3f} |")

@@ -21,7 +21,7 @@ def run_dir(out, kind: str) -> Path:
 
 
 def write_json(path, obj) -> Path:
-    from ..training.checkpoint import atomic_write_text
+    from ..atomic import atomic_write_text
 
     return atomic_write_text(path, json.dumps(obj, indent=1, default=str))
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ..atomic import atomic_write
 from .frechet import feature_statistics
 
 __all__ = [
@@ -50,21 +50,9 @@ def statistics_path(dataset: str, split: str, extractor: str, num_samples: int |
 
 def save_statistics(path: str | os.PathLike, mu, sigma, **metadata) -> Path:
     """Atomically write mu, sigma (and string/number metadata) to `path` (.npz)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            meta = {f"meta_{k}": np.asarray(v) for k, v in metadata.items() if v is not None}
-            np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), **meta)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    meta = {f"meta_{k}": np.asarray(v) for k, v in metadata.items() if v is not None}
+    return atomic_write(path, lambda f: np.savez(f, mu=np.asarray(mu, np.float64),
+                                                 sigma=np.asarray(sigma, np.float64), **meta))
 
 
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray] | None:

@@ -78,7 +78,7 @@ class FittedSolver:
 
     def save(self, path) -> Path:
         """Write JSON atomically."""
-        from ..training.checkpoint import atomic_write_text
+        from ..atomic import atomic_write_text
 
         return atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1))
 

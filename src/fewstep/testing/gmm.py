@@ -26,7 +26,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..predictions import PREDICTIONS, Denoiser, from_x0, to_x0
+from ..predictions import PREDICTIONS, Denoiser, from_x0
 from ..processes import EDM, Process, TrigFlow, _bcast
 
 __all__ = ["GaussianMixture"]

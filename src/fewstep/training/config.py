@@ -272,7 +272,7 @@ class TrainConfig:
         """Write YAML (.yaml / .yml) or JSON (.json), atomically."""
         path = Path(path)
         text = json.dumps(self.to_dict(), indent=2) if path.suffix == ".json" else self.to_yaml()
-        from .checkpoint import atomic_write_text
+        from ..atomic import atomic_write_text
 
         atomic_write_text(path, text)
         return path

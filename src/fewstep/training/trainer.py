@@ -38,7 +38,7 @@ from ..predictions import wrap
 from . import distributed as D
 from .checkpoint import (decode_state, encode_state, latest_checkpoint, load_checkpoint, optimizer_state_from_flat,
                          optimizer_state_to_flat, save_checkpoint)
-from .config import TrainConfig, build_process, resolve_config
+from .config import build_process, resolve_config
 from .ema import EMA
 from .losses import DiffusionLoss
 from .timesteps import make_sampler

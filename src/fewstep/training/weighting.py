@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from ..predictions import _check_kind, to_x0
 from ..processes import Process
-from .timesteps import TimeGrid, _speed_tau, noise_fraction
+from .timesteps import TimeGrid, _speed_tau
 
 __all__ = ["Weighting", "NoWeighting", "SpeeDWeighting", "MinSNR", "P2", "EDMWeighting", "LearnedWeighting",
            "WEIGHTINGS", "make_weighting", "x0_gain", "snr"]
