@@ -165,3 +165,31 @@ def test_distill_cli_errors_are_one_line(tmp_path, capsys):
                          "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_copied_student_takes_its_dropout_from_model_args(tmp_path, teacher_dir):
+    """model_args.dropout applies to a student copied from the teacher or from a student_init (every
+    dropout layer and the recorded model config, so the checkpoint rebuilds it with that rate); the
+    copy still starts as its source; structural model_args are ignored with a warning; a network
+    without dropout layers or a rate outside [0, 1) is refused."""
+    from fewstep.distill.reparam import set_dropout
+    from fewstep.models import build_model
+
+    first = Trainer(_scd(teacher_dir, model_args={"dropout": 0.3}, steps=2), out=tmp_path / "first")
+    rates = {m.p for m in first.net.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == {0.3} and first.net.net.net.config.dropout == 0.3
+    first.fit()
+    saved = load_denoiser(str(tmp_path / "first")).model
+    assert {m.p for m in saved.modules() if isinstance(m, torch.nn.Dropout)} == {0.3}
+    with pytest.warns(UserWarning, match=r"\['channels'\] are ignored"):
+        second = Trainer(_scd(teacher_dir, student_init=str(tmp_path / "first"),
+                              model_args={"dropout": 0.0, "channels": 8}))
+    assert {m.p for m in second.net.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
+    x, t = torch.randn(8, 2), torch.linspace(0.05, 1.5, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(second.net.eval().consistency(x, t), saved.eval().consistency(x, t),
+                                   atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+        set_dropout(build_model("mlp-tiny", dropout=0.1), 1.0)
+    with pytest.raises(ValueError, match="not a fewstep.models network"):
+        set_dropout(torch.nn.Sequential(torch.nn.Dropout(0.1)), 0.2)

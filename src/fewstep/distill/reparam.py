@@ -29,6 +29,7 @@ TrigFlow copy of an eps teacher first.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import torch
@@ -40,7 +41,7 @@ from ..processes import _bcast, get_process
 from .teacher import trigflow_to_process
 from .trigflow import TrigFlowModel
 
-__all__ = ["TeacherParameterised", "student_from_teacher", "student_spec", "build_student_from_spec"]
+__all__ = ["TeacherParameterised", "set_dropout", "student_from_teacher", "student_spec", "build_student_from_spec"]
 
 
 class TeacherParameterised(nn.Module):
@@ -93,15 +94,41 @@ def _network_of(teacher) -> nn.Module:
     return net
 
 
-def student_from_teacher(teacher, sigma_data: float = 0.5, guidance: bool = False) -> TrigFlowModel:
+def set_dropout(net: nn.Module, p: float) -> nn.Module:
+    """Give a fewstep network (a `fewstep.models` UNet, DiT or MLP) dropout rate p in every dropout
+    layer and in its config, so that its checkpoints record the rate it trains with. Dropout is a
+    training setting, not part of the weights: a copied student may use another rate than its
+    teacher (consistency training is sensitive to it: iCT / ECT raise it for one-step models)."""
+    p = float(p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {p}")
+    holder = net.net if isinstance(net, TeacherParameterised) else net  # the copy inside the reparameterisation
+    config = getattr(holder, "config", None)
+    if config is None or not hasattr(config, "dropout"):
+        raise ValueError(f"cannot set the dropout of a {type(holder).__name__}: not a fewstep.models network")
+    layers = [m for m in holder.modules() if isinstance(m, nn.Dropout)]
+    if not layers:
+        raise ValueError(f"{type(holder).__name__} has no dropout layers to set")
+    for m in layers:
+        m.p = p
+    holder.config = dataclasses.replace(config, dropout=p)
+    return net
+
+
+def student_from_teacher(teacher, sigma_data: float = 0.5, guidance: bool = False,
+                         dropout: float | None = None) -> TrigFlowModel:
     """A TrigFlow student whose f equals the teacher's denoiser at initialisation, for any teacher.
 
     A "trigflow" teacher with the same sd gives a plain copy of its network (F is F); any other
-    teacher gives a `TeacherParameterised` copy. The copy is trainable (requires_grad on)."""
+    teacher gives a `TeacherParameterised` copy. The copy is trainable (requires_grad on); dropout:
+    the copy's dropout rate (None: the teacher's; f at initialisation is the teacher's either way,
+    as dropout is off in evaluation)."""
     inner = getattr(teacher, "inner", teacher)
     if not hasattr(inner, "process") or not hasattr(inner, "prediction"):
         raise ValueError("student_from_teacher: the teacher must be a fewstep Denoiser (with .process, .prediction)")
     net = copy.deepcopy(_network_of(teacher)).train().requires_grad_(True)
+    if dropout is not None:
+        set_dropout(net, dropout)
     same = inner.prediction == "trigflow" and math.isclose(float(inner.sigma_data), sigma_data) \
         and getattr(inner.process, "name", None) == "trigflow"
     if not same:

@@ -44,9 +44,11 @@ def build_consistency(cfg, num_classes: int, device, generator, rank: int = 0, w
         source = load_denoiser(cfg.student_init, device=device)
         _check_classes(source, num_classes, cfg.dataset, f"the student_init model {cfg.student_init!r}")
     if source is not None:
-        if cfg.model_args:
-            warnings.warn(f"student_init={cfg.student_init}: the student copies that network; model_args are ignored")
-        student = student_from_teacher(source, sd, guidance=guided)
+        ignored = sorted(set(cfg.model_args) - {"dropout"})
+        if ignored:
+            warnings.warn(f"student_init={cfg.student_init}: the student copies that network; model_args "
+                          f"{ignored} are ignored (only dropout applies to a copy)")
+        student = student_from_teacher(source, sd, guidance=guided, dropout=cfg.model_args.get("dropout"))
     else:
         student = build_student(cfg.model, sd, guidance=guided, num_classes=num_classes, **cfg.model_args)
     velocity = TeacherVelocity(teacher, sd, guidance_scale=scm.guidance) if teacher is not None else None

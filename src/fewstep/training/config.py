@@ -64,7 +64,8 @@ class TrainConfig:
                  checkpoint, run directory or shipped model name), student_init ("teacher": the
                  student starts as the teacher, any process / prediction; "scratch": the preset's
                  initialisation with model_args; a checkpoint, run directory or shipped model name:
-                 the student starts as that model, e.g. an earlier student, for sCD or sCT),
+                 the student starts as that model, e.g. an earlier student, for sCD or sCT; a
+                 copied student takes only dropout from model_args),
                  scm_args (SCMConfig options: P_mean, P_std, tangent_warmup, tangent_c,
                  tangent_norm, tangent, adaptive_weight, guidance, ...)
     """
