@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher", default="digits-teacher")
     ap.add_argument("--students", default="scd=digits-scd", help="comma list of label=checkpoint|run dir|name")
     ap.add_argument("--teacher-nfe", default="5,10,20,50")
-    ap.add_argument("--teacher-solvers", default="dpm++2m,default")
+    ap.add_argument("--teacher-solvers", default="dpm++2m,default", help="comma list; empty: students only")
     ap.add_argument("--student-steps", default="1,2,4")
     ap.add_argument("--t-mid", default=str(DEFAULT_T_MID), help="comma list of the 2-step samplers' intermediate "
                     "TrigFlow times (a row each; the first is the one the targets use)")
@@ -120,8 +120,8 @@ def main(argv=None) -> int:
     setting = {"teacher": args.teacher, "n": args.n, "batch": args.batch, "seeds": seeds}
     if args.teacher_rows:
         rows = load_teacher_rows(args.teacher_rows, setting)
-    for solver in [] if args.teacher_rows else args.teacher_solvers.split(","):
-        for nfe in map(int, args.teacher_nfe.split(",")):
+    for solver in [] if args.teacher_rows else filter(None, args.teacher_solvers.split(",")):
+        for nfe in map(int, filter(None, args.teacher_nfe.split(","))):
             r = run(T, None if solver == "default" else solver, nfe)
             r.update(model="teacher", solver=solver, setting=setting)
             rows.append(r)

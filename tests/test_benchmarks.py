@@ -110,6 +110,10 @@ def test_consistency_benchmark_reuses_teacher_rows_of_the_same_setting_only(cons
     rows = json.loads((second / "consistency_digits.json").read_text())
     assert rows[0] == stored[0] and [r["model"] for r in rows] == ["teacher", "sct"]
     assert f"Teacher rows reused from `{rows_file}`" in (second / "consistency_digits.md").read_text()
+    # --teacher-solvers "": students only, no ratios or speed-ups
+    consistency.main(["--students", "sct=digits-sct", *common, "--teacher-solvers", "", "--out", str(tmp_path / "only")])
+    only = json.loads((tmp_path / "only" / "consistency_digits.json").read_text())
+    assert [r["model"] for r in only] == ["sct"] and "Targets" not in (tmp_path / "only" / "consistency_digits.md").read_text()
     with pytest.raises(SystemExit, match="seeds.*run the teacher again"):
         consistency.main(["--students", "", "--teacher-rows", rows_file, *common, "--seeds", "1", "--out", str(second)])
     stored[0].pop("setting")
