@@ -98,7 +98,7 @@ def set_dropout(net: nn.Module, p: float) -> nn.Module:
     """Give a fewstep network (a `fewstep.models` UNet, DiT or MLP) dropout rate p in every dropout
     layer and in its config, so that its checkpoints record the rate it trains with. Dropout is a
     training setting, not part of the weights: a copied student may use another rate than its
-    teacher (consistency training is sensitive to it: iCT / ECT raise it for one-step models)."""
+    teacher (consistency models are sensitive to it; BENCHMARKS.md section 2 measures 0 against 0.1)."""
     p = float(p)
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {p}")
