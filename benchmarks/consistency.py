@@ -98,12 +98,14 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t_start = time.time()
+    seeds = [int(v) for v in args.seeds.split(",")]
+    t_mids = [float(v) for v in args.t_mid.split(",")]
+    setting = {"teacher": args.teacher, "n": args.n, "batch": args.batch, "seeds": seeds}
+    rows = load_teacher_rows(args.teacher_rows, setting) if args.teacher_rows else []  # before any costly work
     T = load_denoiser(args.teacher)
     dataset = T.config["dataset"]
     ext = extractor_for("classifier", dataset)
     real, _ = reference_features(ext, dataset)
-    seeds = [int(v) for v in args.seeds.split(",")]
-    t_mids = [float(v) for v in args.t_mid.split(",")]
 
     def run(D, solver, steps, **options):
         """measure() on every seed: timing from the first (with warm-up and repeats), scores averaged."""
@@ -116,10 +118,7 @@ def main(argv=None) -> int:
         r["fd_seeds"] = [x["fd"] for x in runs]
         return r
 
-    rows, params = [], {"teacher": count_params(T.model)}
-    setting = {"teacher": args.teacher, "n": args.n, "batch": args.batch, "seeds": seeds}
-    if args.teacher_rows:
-        rows = load_teacher_rows(args.teacher_rows, setting)
+    params = {"teacher": count_params(T.model)}
     for solver in [] if args.teacher_rows else filter(None, args.teacher_solvers.split(",")):
         for nfe in map(int, filter(None, args.teacher_nfe.split(","))):
             r = run(T, None if solver == "default" else solver, nfe)

@@ -170,8 +170,8 @@ def test_distill_cli_errors_are_one_line(tmp_path, capsys):
 def test_copied_student_takes_its_dropout_from_model_args(tmp_path, teacher_dir):
     """model_args.dropout applies to a student copied from the teacher or from a student_init (every
     dropout layer and the recorded model config, so the checkpoint rebuilds it with that rate); the
-    copy still starts as its source; structural model_args are ignored with a warning; a network
-    without dropout layers or a rate outside [0, 1) is refused."""
+    copy still starts as its source; structural model_args are ignored with a warning; a rate outside
+    [0, 1) or a network that is not a fewstep model is refused."""
     from fewstep.distill.reparam import set_dropout
     from fewstep.models import build_model
 
