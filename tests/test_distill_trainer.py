@@ -189,6 +189,8 @@ def test_copied_student_takes_its_dropout_from_model_args(tmp_path, teacher_dir)
     with torch.no_grad():
         torch.testing.assert_close(second.net.eval().consistency(x, t), saved.eval().consistency(x, t),
                                    atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="widens a UNet"):  # model_args.channel_mult reaches the copy (an MLP here)
+        Trainer(_scd(teacher_dir, model_args={"channel_mult": [1, 4]}), out=tmp_path / "third")
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
         set_dropout(build_model("mlp-tiny", dropout=0.1), 1.0)
     with pytest.raises(ValueError, match="not a fewstep.models network"):

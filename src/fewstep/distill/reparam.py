@@ -36,6 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from ..models import build_model_from_config
+from ..models.unet import UNet
+from ..models.widen import widen_unet
 from ..predictions import wrap
 from ..processes import _bcast, get_process
 from .teacher import trigflow_to_process
@@ -116,17 +118,23 @@ def set_dropout(net: nn.Module, p: float) -> nn.Module:
 
 
 def student_from_teacher(teacher, sigma_data: float = 0.5, guidance: bool = False,
-                         dropout: float | None = None) -> TrigFlowModel:
+                         dropout: float | None = None, channel_mult=None) -> TrigFlowModel:
     """A TrigFlow student whose f equals the teacher's denoiser at initialisation, for any teacher.
 
     A "trigflow" teacher with the same sd gives a plain copy of its network (F is F); any other
     teacher gives a `TeacherParameterised` copy. The copy is trainable (requires_grad on); dropout:
     the copy's dropout rate (None: the teacher's; f at initialisation is the teacher's either way,
-    as dropout is off in evaluation)."""
+    as dropout is off in evaluation); channel_mult: a wider layout for a UNet copy, grown from the
+    teacher's by `fewstep.models.widen.widen_unet` (f at initialisation is still the teacher's)."""
     inner = getattr(teacher, "inner", teacher)
     if not hasattr(inner, "process") or not hasattr(inner, "prediction"):
         raise ValueError("student_from_teacher: the teacher must be a fewstep Denoiser (with .process, .prediction)")
-    net = copy.deepcopy(_network_of(teacher)).train().requires_grad_(True)
+    net = copy.deepcopy(_network_of(teacher))
+    if channel_mult is not None and tuple(channel_mult) != tuple(getattr(net.config, "channel_mult", ())):
+        if not isinstance(net, UNet):
+            raise ValueError(f"student_from_teacher: channel_mult widens a UNet, not a {type(net).__name__}")
+        net = widen_unet(net, channel_mult)
+    net = net.train().requires_grad_(True)
     if dropout is not None:
         set_dropout(net, dropout)
     same = inner.prediction == "trigflow" and math.isclose(float(inner.sigma_data), sigma_data) \

@@ -10,7 +10,8 @@ accumulation and torchrun DDP all apply. With method "sct" / "scd" the trainer a
   teacher's network, reparameterised exactly as F when the teacher is not a TrigFlow model
   (reparam.py), so f = the teacher's denoiser at step 0; with student_init = a checkpoint, run
   directory or shipped name, the same copy of that model instead (e.g. an earlier student, to
-  distil further from a new teacher); with "scratch" the model preset with
+  distil further from a new teacher); model_args may change a copy's dropout and, for a UNet, widen
+  its levels (channel_mult, function-preserving: models/widen.py); with "scratch" the model preset with
   time_scale = DEFAULT_TIME_SCALE unless model_args say otherwise (trigflow.build_student);
 - the objective `SCMLoss(SCMConfig(mode=method, sigma_data, **scm_args), TeacherVelocity(teacher))`.
 """
@@ -44,11 +45,12 @@ def build_consistency(cfg, num_classes: int, device, generator, rank: int = 0, w
         source = load_denoiser(cfg.student_init, device=device)
         _check_classes(source, num_classes, cfg.dataset, f"the student_init model {cfg.student_init!r}")
     if source is not None:
-        ignored = sorted(set(cfg.model_args) - {"dropout"})
+        ignored = sorted(set(cfg.model_args) - {"dropout", "channel_mult"})
         if ignored:
             warnings.warn(f"student_init={cfg.student_init}: the student copies that network; model_args "
-                          f"{ignored} are ignored (only dropout applies to a copy)")
-        student = student_from_teacher(source, sd, guidance=guided, dropout=cfg.model_args.get("dropout"))
+                          f"{ignored} are ignored (only dropout and a wider UNet channel_mult apply to a copy)")
+        student = student_from_teacher(source, sd, guidance=guided, dropout=cfg.model_args.get("dropout"),
+                                       channel_mult=cfg.model_args.get("channel_mult"))
     else:
         student = build_student(cfg.model, sd, guidance=guided, num_classes=num_classes, **cfg.model_args)
     velocity = TeacherVelocity(teacher, sd, guidance_scale=scm.guidance) if teacher is not None else None

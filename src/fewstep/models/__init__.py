@@ -13,9 +13,10 @@ from .mlp import MLP, MLPConfig
 from .presets import (ARCHS, PRESETS, build_model, build_model_from_config, config_from_dict, count_params,
                       get_config, list_presets)
 from .unet import UNet, UNetConfig
+from .widen import widen_unet
 
 __all__ = [
-    "UNet", "UNetConfig", "DiT", "DiTConfig", "MLP", "MLPConfig", "ModelConfig",
+    "UNet", "UNetConfig", "widen_unet", "DiT", "DiTConfig", "MLP", "MLPConfig", "ModelConfig",
     "build_model", "build_model_from_config", "get_config", "config_from_dict", "list_presets", "count_params",
     "ARCHS", "PRESETS",
     "dot_product_attention", "attention_backend", "needs_math_attention", "SelfAttention2d", "MultiHeadSelfAttention",
