@@ -15,6 +15,10 @@ For a teacher (a checkpoint, run directory or shipped name) and its students (tr
     python benchmarks/consistency.py --students scd=runs/digits-scd
     python benchmarks/consistency.py --teacher runs/fashion-teacher --students scd=runs/f-scd,sct=runs/f-sct
 
+`--teacher-rows JSON` reuses an earlier run's teacher rows (minutes instead of hours for a large
+teacher); add `--retime-teacher` to time the teacher again in this run, since a speed-up is only
+meaningful when both times were taken under the same load.
+
 Writes OUT/consistency_<dataset>.md (the tables, also printed), .json and .png.
 """
 
@@ -30,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from fewstep.commands.common import pyplot
+from fewstep.commands.common import generate, pyplot
 from fewstep.commands.evaluate import extractor_for, measure, reference_features
 from fewstep.distill.sampling import DEFAULT_T_MID
 from fewstep.models.presets import count_params
@@ -53,6 +57,14 @@ def time_at_fd(teacher_rows, fd) -> tuple[float | None, bool]:
     if rows and fd >= rows[0]["fd"]:
         return rows[0]["ms_per_sample"], False
     return None, False
+
+
+def time_per_sample(D, solver, steps: int, batch: int, repeats: int, seed: int) -> float:
+    """ms per sample of one batch of `D` with this sampler, after a warm-up batch (min over repeats)."""
+    generate(D, min(64, batch), progress=False, solver=solver, steps=steps, seed=seed)
+    best = min(generate(D, batch, seed=seed, batch_size=batch, progress=False, solver=solver, steps=steps)[3]
+               for _ in range(max(1, repeats)))
+    return 1e3 * best / batch
 
 
 def load_teacher_rows(path, setting: dict) -> list[dict]:
@@ -93,6 +105,9 @@ def main(argv=None) -> int:
                     help="reuse the teacher rows of an earlier run's consistency_<dataset>.json (same teacher, --n, "
                     "--batch and --seeds) instead of sampling the teacher again; --teacher-nfe / --teacher-solvers "
                     "are then ignored")
+    ap.add_argument("--retime-teacher", action="store_true",
+                    help="with --teacher-rows: keep their FD but time the teacher again in this run (one batch per "
+                    "row, same warm-up and repeats), so that teacher and student times share this run's load")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
     if args.threads:
@@ -101,6 +116,8 @@ def main(argv=None) -> int:
     seeds = [int(v) for v in args.seeds.split(",")]
     t_mids = [float(v) for v in args.t_mid.split(",")]
     setting = {"teacher": args.teacher, "n": args.n, "batch": args.batch, "seeds": seeds}
+    if args.retime_teacher and not args.teacher_rows:
+        raise SystemExit("--retime-teacher re-times reused teacher rows: give --teacher-rows")
     rows = load_teacher_rows(args.teacher_rows, setting) if args.teacher_rows else []  # before any costly work
     T = load_denoiser(args.teacher)
     dataset = T.config["dataset"]
@@ -119,6 +136,12 @@ def main(argv=None) -> int:
         return r
 
     params = {"teacher": count_params(T.model)}
+    for r in rows if args.retime_teacher else []:
+        r["ms_per_sample_stored"] = r["ms_per_sample"]
+        r["ms_per_sample"] = time_per_sample(T, None if r["solver"] == "default" else r["solver"], r["nfe"],
+                                             min(args.batch, args.n), args.repeats, seeds[0])
+        print(f"teacher {r['solver']:<9} NFE {r['nfe']:>3}: re-timed {r['ms_per_sample']:.3f} ms/sample "
+              f"(stored {r['ms_per_sample_stored']:.3f})", flush=True)
     for solver in [] if args.teacher_rows else filter(None, args.teacher_solvers.split(",")):
         for nfe in map(int, filter(None, args.teacher_nfe.split(","))):
             r = run(T, None if solver == "default" else solver, nfe)
@@ -151,7 +174,9 @@ def main(argv=None) -> int:
              f"{args.seeds}, min-max in brackets), batch {args.batch}, CPU "
              f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
              f"threads; time = min of {args.repeats} runs."
-             + (f" Teacher rows reused from `{args.teacher_rows}` (timed in that run)." if args.teacher_rows else ""),
+             + (f" Teacher rows reused from `{args.teacher_rows}` ("
+                + ("FD from that run, timed again in this one" if args.retime_teacher else "timed in that run")
+                + ")." if args.teacher_rows else ""),
              "",
              f"Command: `python benchmarks/consistency.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
              "Network parameters: " + ", ".join(f"{k} {v:,}" for k, v in params.items()) + ".", "",

@@ -97,7 +97,7 @@ def test_training_speed_benchmark_smoke(tmp_path):
 
 def test_consistency_benchmark_reuses_teacher_rows_of_the_same_setting_only(consistency, tmp_path):
     """--teacher-rows: a second run scores new students against the first run's teacher rows (copied,
-    not re-measured); rows measured with other seeds, another sample count or from an older JSON without
+    not re-measured, or only re-timed with --retime-teacher); rows measured with other seeds, another sample count or from an older JSON without
     a recorded setting are refused with the reason."""
     first, second = tmp_path / "first", tmp_path / "second"
     common = ["--teacher-solvers", "dpm++2m", "--n", "32", "--batch", "32", "--repeats", "1", "--student-steps", "1"]
@@ -109,7 +109,15 @@ def test_consistency_benchmark_reuses_teacher_rows_of_the_same_setting_only(cons
     consistency.main(["--students", "sct=digits-sct", "--teacher-rows", rows_file, *common, "--out", str(second)])
     rows = json.loads((second / "consistency_digits.json").read_text())
     assert rows[0] == stored[0] and [r["model"] for r in rows] == ["teacher", "sct"]
-    assert f"Teacher rows reused from `{rows_file}`" in (second / "consistency_digits.md").read_text()
+    assert f"Teacher rows reused from `{rows_file}` (timed in that run)" in (second / "consistency_digits.md").read_text()
+    # --retime-teacher: the same FD, the teacher timed again in this run (the stored time kept beside it)
+    consistency.main(["--students", "", "--teacher-rows", rows_file, "--retime-teacher", *common, "--out", str(second)])
+    retimed = json.loads((second / "consistency_digits.json").read_text())[0]
+    assert retimed["fd"] == stored[0]["fd"] and retimed["ms_per_sample_stored"] == stored[0]["ms_per_sample"]
+    assert retimed["ms_per_sample"] > 0 and retimed["ms_per_sample"] != stored[0]["ms_per_sample"]
+    assert "timed again in this one" in (second / "consistency_digits.md").read_text()
+    with pytest.raises(SystemExit, match="give --teacher-rows"):
+        consistency.main(["--students", "", "--retime-teacher", *common])
     # --teacher-solvers "": students only, no ratios or speed-ups
     consistency.main(["--students", "sct=digits-sct", *common, "--teacher-solvers", "", "--out", str(tmp_path / "only")])
     only = json.loads((tmp_path / "only" / "consistency_digits.json").read_text())
