@@ -8,6 +8,9 @@ For a teacher (a checkpoint, run directory or shipped name) and its students (tr
   the training images) and precision / recall, of the teacher with DPM-Solver++(2M) (and the
   default solver) at 5-50 model calls, and of each student at 1, 2 and 4 steps;
 * wall-clock per sample (same batch, same device, after a warm-up);
+* `--teacher-guidance G`: the teacher sampled with classifier-free guidance (one batched call on the
+  conditional and null labels per model call), the reference for students distilled with
+  `scm_args.guidance=G` (which sample without guidance: it is in their weights);
 * the targets of the consistency issue: 2-step FD <= 1.1x the teacher's FD at >= 20 calls, 1-step
   <= 1.5x, and the speed-up at equal FD (the teacher's time per sample interpolated, log-log, at the
   student's FD, divided by the student's time), >= 10x.
@@ -59,11 +62,11 @@ def time_at_fd(teacher_rows, fd) -> tuple[float | None, bool]:
     return None, False
 
 
-def time_per_sample(D, solver, steps: int, batch: int, repeats: int, seed: int) -> float:
+def time_per_sample(D, solver, steps: int, batch: int, repeats: int, seed: int, guidance=None) -> float:
     """ms per sample of one batch of `D` with this sampler, after a warm-up batch (min over repeats)."""
-    generate(D, min(64, batch), progress=False, solver=solver, steps=steps, seed=seed)
-    best = min(generate(D, batch, seed=seed, batch_size=batch, progress=False, solver=solver, steps=steps)[3]
-               for _ in range(max(1, repeats)))
+    kw = dict(progress=False, solver=solver, steps=steps, seed=seed, guidance=guidance)
+    generate(D, min(64, batch), **kw)
+    best = min(generate(D, batch, batch_size=batch, **kw)[3] for _ in range(max(1, repeats)))
     return 1e3 * best / batch
 
 
@@ -92,6 +95,9 @@ def main(argv=None) -> int:
     ap.add_argument("--students", default="scd=digits-scd", help="comma list of label=checkpoint|run dir|name")
     ap.add_argument("--teacher-nfe", default="5,10,20,50")
     ap.add_argument("--teacher-solvers", default="dpm++2m,default", help="comma list; empty: students only")
+    ap.add_argument("--teacher-guidance", type=float, default=1.0,
+                    help="classifier-free guidance scale of the teacher rows (compare students distilled with "
+                    "scm_args.guidance = G against the teacher sampled with the same G)")
     ap.add_argument("--student-steps", default="1,2,4")
     ap.add_argument("--t-mid", default=str(DEFAULT_T_MID), help="comma list of the 2-step samplers' intermediate "
                     "TrigFlow times (a row each; the first is the one the targets use)")
@@ -116,6 +122,8 @@ def main(argv=None) -> int:
     seeds = [int(v) for v in args.seeds.split(",")]
     t_mids = [float(v) for v in args.t_mid.split(",")]
     setting = {"teacher": args.teacher, "n": args.n, "batch": args.batch, "seeds": seeds}
+    if args.teacher_guidance != 1.0:
+        setting["guidance"] = args.teacher_guidance
     if args.retime_teacher and not args.teacher_rows:
         raise SystemExit("--retime-teacher re-times reused teacher rows: give --teacher-rows")
     rows = load_teacher_rows(args.teacher_rows, setting) if args.teacher_rows else []  # before any costly work
@@ -139,13 +147,14 @@ def main(argv=None) -> int:
     for r in rows if args.retime_teacher else []:
         r["ms_per_sample_stored"] = r["ms_per_sample"]
         r["ms_per_sample"] = time_per_sample(T, None if r["solver"] == "default" else r["solver"], r["nfe"],
-                                             min(args.batch, args.n), args.repeats, seeds[0])
+                                             min(args.batch, args.n), args.repeats, seeds[0], r.get("guidance"))
         print(f"teacher {r['solver']:<9} NFE {r['nfe']:>3}: re-timed {r['ms_per_sample']:.3f} ms/sample "
               f"(stored {r['ms_per_sample_stored']:.3f})", flush=True)
     for solver in [] if args.teacher_rows else filter(None, args.teacher_solvers.split(",")):
         for nfe in map(int, filter(None, args.teacher_nfe.split(","))):
-            r = run(T, None if solver == "default" else solver, nfe)
-            r.update(model="teacher", solver=solver, setting=setting)
+            cfg = {"guidance": args.teacher_guidance} if args.teacher_guidance != 1.0 else {}
+            r = run(T, None if solver == "default" else solver, nfe, **cfg)
+            r.update(model="teacher", solver=solver, setting=setting, **cfg)
             rows.append(r)
             print(f"teacher {solver:<9} NFE {nfe:>3}: FD {r['fd']:.4f}  {r['ms_per_sample']:.3f} ms/sample", flush=True)
     for spec in filter(None, args.students.split(",")):
@@ -196,7 +205,8 @@ def main(argv=None) -> int:
             r["speedup_equal_fd"] = t_eq / r["ms_per_sample"] if t_eq else None
             r["speedup_text"] = speed
         spread = f" [{min(r['fd_seeds']):.4f}, {max(r['fd_seeds']):.4f}]" if len(r["fd_seeds"]) > 1 else ""
-        lines.append(f"| {r['model']} | {r['solver']} | {r['nfe']} | {r['fd']:.4f}{spread} | {ratio} | {r['precision']:.3f} | "
+        cfg = f" (CFG {r['guidance']:g})" if r.get("guidance") else ""
+        lines.append(f"| {r['model']} | {r['solver']}{cfg} | {r['nfe']} | {r['fd']:.4f}{spread} | {ratio} | {r['precision']:.3f} | "
                      f"{r['recall']:.3f} | {r['ms_per_sample']:.3f} | {speed} |")
     if ref:
         lines += ["", f"Targets (teacher reference: best DPM-Solver++ FD at >= 20 calls = {ref:.4f}):"]

@@ -118,6 +118,15 @@ def test_consistency_benchmark_reuses_teacher_rows_of_the_same_setting_only(cons
     assert "timed again in this one" in (second / "consistency_digits.md").read_text()
     with pytest.raises(SystemExit, match="give --teacher-rows"):
         consistency.main(["--students", "", "--retime-teacher", *common])
+    # --teacher-guidance: guided teacher rows (the reference for students distilled with that scale),
+    # recorded in the rows and their setting, so that unguided rows are not reused for them
+    guided = tmp_path / "guided"
+    consistency.main(["--students", "", "--teacher-nfe", "3", "--teacher-guidance", "2", *common, "--out", str(guided)])
+    g_row = json.loads((guided / "consistency_digits.json").read_text())[0]
+    assert g_row["guidance"] == 2.0 and g_row["setting"]["guidance"] == 2.0 and g_row["fd"] != stored[0]["fd"]
+    assert "dpm++2m (CFG 2)" in (guided / "consistency_digits.md").read_text()
+    with pytest.raises(SystemExit, match="run the teacher again"):
+        consistency.main(["--students", "", "--teacher-rows", rows_file, "--teacher-guidance", "2", *common])
     # --teacher-solvers "": students only, no ratios or speed-ups
     consistency.main(["--students", "sct=digits-sct", *common, "--teacher-solvers", "", "--out", str(tmp_path / "only")])
     only = json.loads((tmp_path / "only" / "consistency_digits.json").read_text())
