@@ -19,8 +19,9 @@ unit duplication (as in Shen et al. 2022, "Staged training for transformer langu
   with several heads each head must keep its width (d_old == d_new).
 
 sCM's adaptive double normalisation cannot be widened this way (its pixel norm over the channels of
-the embedding's scale and shift would include the new channels) and is refused. The result is checked: the widened network must reproduce the old one's output on a random input to
-float32 round-off, or a ValueError says so. Only `channel_mult` changes (each entry >= the old one);
+the embedding's scale and shift would include the new channels) and is refused. The result is
+checked: the widened network must reproduce the old one's output on a random input to float32
+round-off, or a ValueError says so. Only `channel_mult` changes (each entry >= the old one);
 the time embedding and every other setting are kept.
 """
 
@@ -30,7 +31,7 @@ import copy
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .attention import SelfAttention2d, group_count
 from .unet import UNet
