@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 
-from fewstep.commands.common import generate, pyplot
-from fewstep.commands.evaluate import extractor_for, measure, reference_features
+from fewstep.commands.common import pyplot
+from fewstep.commands.evaluate import extractor_for, measure, reference_features, timed_samples
 from fewstep.distill.sampling import DEFAULT_T_MID
 from fewstep.models.presets import count_params
 from fewstep.pretrained import load_denoiser
@@ -60,14 +60,6 @@ def time_at_fd(teacher_rows, fd) -> tuple[float | None, bool]:
     if rows and fd >= rows[0]["fd"]:
         return rows[0]["ms_per_sample"], False
     return None, False
-
-
-def time_per_sample(D, solver, steps: int, batch: int, repeats: int, seed: int, guidance=None) -> float:
-    """ms per sample of one batch of `D` with this sampler, after a warm-up batch (min over repeats)."""
-    kw = dict(progress=False, solver=solver, steps=steps, seed=seed, guidance=guidance)
-    generate(D, min(64, batch), **kw)
-    best = min(generate(D, batch, batch_size=batch, **kw)[3] for _ in range(max(1, repeats)))
-    return 1e3 * best / batch
 
 
 def load_teacher_rows(path, setting: dict) -> list[dict]:
@@ -146,8 +138,10 @@ def main(argv=None) -> int:
     params = {"teacher": count_params(T.model)}
     for r in rows if args.retime_teacher else []:
         r["ms_per_sample_stored"] = r["ms_per_sample"]
-        r["ms_per_sample"] = time_per_sample(T, None if r["solver"] == "default" else r["solver"], r["nfe"],
-                                             min(args.batch, args.n), args.repeats, seeds[0], r.get("guidance"))
+        batch = min(args.batch, args.n)  # one batch of the size the students are sampled in
+        r["ms_per_sample"] = timed_samples(T, batch, solver=None if r["solver"] == "default" else r["solver"],
+                                           steps=r["nfe"], seed=seeds[0], batch_size=batch, warmup=min(64, batch),
+                                           repeats=args.repeats, guidance=r.get("guidance"))[2]
         print(f"teacher {r['solver']:<9} NFE {r['nfe']:>3}: re-timed {r['ms_per_sample']:.3f} ms/sample "
               f"(stored {r['ms_per_sample_stored']:.3f})", flush=True)
     for solver in [] if args.teacher_rows else filter(None, args.teacher_solvers.split(",")):
@@ -205,8 +199,8 @@ def main(argv=None) -> int:
             r["speedup_equal_fd"] = t_eq / r["ms_per_sample"] if t_eq else None
             r["speedup_text"] = speed
         spread = f" [{min(r['fd_seeds']):.4f}, {max(r['fd_seeds']):.4f}]" if len(r["fd_seeds"]) > 1 else ""
-        cfg = f" (CFG {r['guidance']:g})" if r.get("guidance") else ""
-        lines.append(f"| {r['model']} | {r['solver']}{cfg} | {r['nfe']} | {r['fd']:.4f}{spread} | {ratio} | {r['precision']:.3f} | "
+        cfg_label = f" (CFG {r['guidance']:g})" if r.get("guidance") else ""
+        lines.append(f"| {r['model']} | {r['solver']}{cfg_label} | {r['nfe']} | {r['fd']:.4f}{spread} | {ratio} | {r['precision']:.3f} | "
                      f"{r['recall']:.3f} | {r['ms_per_sample']:.3f} | {speed} |")
     if ref:
         lines += ["", f"Targets (teacher reference: best DPM-Solver++ FD at >= 20 calls = {ref:.4f}):"]

@@ -65,14 +65,23 @@ def measure(D, extractor, real_feats, n: int, *, solver=None, steps: int = 10, s
     of `warmup` samples when > 0), time per sample (min over `repeats` runs) and FD / precision /
     recall; row = {solver, nfe, ms_per_sample, fd, precision, recall}. options: more `sample()` options
     (e.g. t_mid= for 2-step consistency sampling)."""
+    x, nfe, ms = timed_samples(D, n, solver=solver, steps=steps, seed=seed, batch_size=batch_size, device=device,
+                               warmup=warmup, repeats=repeats, **options)
+    return x, {"solver": solver, "nfe": nfe, "ms_per_sample": ms, **scores(extractor, real_feats, x)}
+
+
+def timed_samples(D, n: int, *, solver=None, steps: int = 10, seed: int = 0, batch_size: int = 500, device="cpu",
+                  warmup: int = 0, repeats: int = 1, **options):
+    """(samples, nfe, ms per sample): `n` samples after an untimed warm-up of `warmup` samples when > 0,
+    the time the min over `repeats` runs. options: more `generate()` / `sample()` options."""
     if warmup > 0:
         generate(D, warmup, progress=False, solver=solver, steps=steps, device=device, **options)
     best = float("inf")
-    for _ in range(repeats):
+    for _ in range(max(1, repeats)):
         x, _, nfe, sec = generate(D, n, seed=seed, batch_size=batch_size, device=device, progress=False,
                                   solver=solver, steps=steps, **options)
         best = min(best, sec)
-    return x, {"solver": solver, "nfe": nfe, "ms_per_sample": 1e3 * best / n, **scores(extractor, real_feats, x)}
+    return x, nfe, 1e3 * best / n
 
 
 def run(args) -> int:

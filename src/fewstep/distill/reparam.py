@@ -130,7 +130,8 @@ def student_from_teacher(teacher, sigma_data: float = 0.5, guidance: bool = Fals
     if not hasattr(inner, "process") or not hasattr(inner, "prediction"):
         raise ValueError("student_from_teacher: the teacher must be a fewstep Denoiser (with .process, .prediction)")
     net = copy.deepcopy(_network_of(teacher))
-    if channel_mult is not None and tuple(channel_mult) != tuple(getattr(getattr(net, "config", None), "channel_mult", ())):
+    current = getattr(getattr(net, "config", None), "channel_mult", ())
+    if channel_mult is not None and tuple(channel_mult) != tuple(current):
         if not isinstance(net, UNet):
             raise ValueError(f"student_from_teacher: channel_mult widens a UNet, not a {type(net).__name__}")
         net = widen_unet(net, channel_mult)
