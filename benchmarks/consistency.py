@@ -11,6 +11,8 @@ For a teacher (a checkpoint, run directory or shipped name) and its students (tr
 * `--teacher-guidance G`: the teacher sampled with classifier-free guidance (one batched call on the
   conditional and null labels per model call), the reference for students distilled with
   `scm_args.guidance=G` (which sample without guidance: it is in their weights);
+* `--student-guidance W,...`: guidance-conditioned students (`scm_args.guidance_range`) sampled with
+  each scale W as their input (a row each);
 * the targets of the consistency issue: 2-step FD <= 1.1x the teacher's FD at >= 20 calls, 1-step
   <= 1.5x, and the speed-up at equal FD (the teacher's time per sample interpolated, log-log, at the
   student's FD, divided by the student's time), >= 10x.
@@ -20,7 +22,10 @@ For a teacher (a checkpoint, run directory or shipped name) and its students (tr
 
 `--teacher-rows JSON` reuses an earlier run's teacher rows (minutes instead of hours for a large
 teacher); add `--retime-teacher` to time the teacher again in this run, since a speed-up is only
-meaningful when both times were taken under the same load.
+meaningful when both times were taken under the same load. A comma list of JSONs measured at several
+`--teacher-guidance` scales combines them: the reference is then the teacher's best FD at >= 20 calls
+over all scales, and the speed-up is against its fastest setting (any scale) that reaches the
+student's FD.
 
 Writes OUT/consistency_<dataset>.md (the tables, also printed), .json and .png.
 """
@@ -62,22 +67,47 @@ def time_at_fd(teacher_rows, fd) -> tuple[float | None, bool]:
     return None, False
 
 
-def load_teacher_rows(path, setting: dict) -> list[dict]:
-    """The teacher rows of an earlier run's JSON, refused unless they were measured in `setting` (the
-    same teacher, samples per seed, batch and noise seeds): FD ratios against another setting's teacher
-    would be meaningless."""
-    try:
-        stored = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"--teacher-rows {path}: cannot read it ({e})")
-    rows = [r for r in stored if isinstance(r, dict) and r.get("model") == "teacher"]
-    if not rows:
-        raise SystemExit(f"--teacher-rows {path}: no teacher rows in it")
-    for r in rows:
-        if r.get("setting") != setting:
-            raise SystemExit(f"--teacher-rows {path}: its teacher rows were measured with "
-                             f"{r.get('setting', 'no recorded setting (an older run)')}, this run asks for "
-                             f"{setting}; run the teacher again")
+def _cfg(row) -> str:
+    return f", CFG {row['guidance']:g}" if row.get("guidance") else ""
+
+
+def teacher_time_at_fd(teacher_rows, fd) -> tuple[float | None, bool]:
+    """`time_at_fd` over teacher rows that may hold several guidance scales: each scale's NFE curve
+    separately, then the fastest teacher setting that reaches FD `fd` (exact times before bounds)."""
+    curves = {}
+    for r in teacher_rows:
+        curves.setdefault(r.get("guidance"), []).append(r)
+    found = [time_at_fd(rows, fd) for rows in curves.values()]
+    for want in (True, False):
+        times = [ms for ms, exact in found if ms is not None and exact is want]
+        if times:
+            return min(times), want
+    return None, False
+
+
+def load_teacher_rows(paths: str, setting: dict) -> list[dict]:
+    """The teacher rows of earlier runs' JSONs (a comma list), refused unless they were measured in
+    `setting` (the same teacher, samples per seed, batch and noise seeds): FD ratios against another
+    setting's teacher would be meaningless. Guidance: rows of several scales may be combined (the
+    reference is then the teacher's best), unless `setting` asks for one scale."""
+    rows = []
+    for path in filter(None, paths.split(",")):
+        try:
+            stored = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--teacher-rows {path}: cannot read it ({e})")
+        found = [r for r in stored if isinstance(r, dict) and r.get("model") == "teacher"]
+        if not found:
+            raise SystemExit(f"--teacher-rows {path}: no teacher rows in it")
+        for r in found:
+            have = r.get("setting")
+            same = have is not None and {k: v for k, v in have.items() if k != "guidance"} == \
+                {k: v for k, v in setting.items() if k != "guidance"}
+            if not same or ("guidance" in setting and have.get("guidance") != setting["guidance"]):
+                raise SystemExit(f"--teacher-rows {path}: its teacher rows were measured with "
+                                 f"{have or 'no recorded setting (an older run)'}, this run asks for "
+                                 f"{setting}; run the teacher again")
+        rows += found
     return rows
 
 
@@ -90,6 +120,9 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher-guidance", type=float, default=1.0,
                     help="classifier-free guidance scale of the teacher rows (compare students distilled with "
                     "scm_args.guidance = G against the teacher sampled with the same G)")
+    ap.add_argument("--student-guidance", default=None, metavar="W[,W...]",
+                    help="guidance scales at which guidance-conditioned students (scm_args.guidance_range) are "
+                    "sampled, a row each (their input, not CFG); other students ignore it")
     ap.add_argument("--student-steps", default="1,2,4")
     ap.add_argument("--t-mid", default=str(DEFAULT_T_MID), help="comma list of the 2-step samplers' intermediate "
                     "TrigFlow times (a row each; the first is the one the targets use)")
@@ -99,10 +132,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seeds", default="0", help="comma list of noise seeds; FD / precision / recall are averaged "
                     "over them (timing uses the first)")
-    ap.add_argument("--teacher-rows", default=None, metavar="JSON",
-                    help="reuse the teacher rows of an earlier run's consistency_<dataset>.json (same teacher, --n, "
+    ap.add_argument("--teacher-rows", default=None, metavar="JSON[,JSON...]",
+                    help="reuse the teacher rows of earlier runs' consistency_<dataset>.json (same teacher, --n, "
                     "--batch and --seeds) instead of sampling the teacher again; --teacher-nfe / --teacher-solvers "
-                    "are then ignored")
+                    "are then ignored. Files of several --teacher-guidance scales may be combined: the reference "
+                    "is then the teacher's best FD over them, the speed-up against its fastest setting")
     ap.add_argument("--retime-teacher", action="store_true",
                     help="with --teacher-rows: keep their FD but time the teacher again in this run (one batch per "
                     "row, same warm-up and repeats), so that teacher and student times share this run's load")
@@ -113,6 +147,7 @@ def main(argv=None) -> int:
     t_start = time.time()
     seeds = [int(v) for v in args.seeds.split(",")]
     t_mids = [float(v) for v in args.t_mid.split(",")]
+    student_ws = [float(v) for v in args.student_guidance.split(",")] if args.student_guidance else []
     setting = {"teacher": args.teacher, "n": args.n, "batch": args.batch, "seeds": seeds}
     if args.teacher_guidance != 1.0:
         setting["guidance"] = args.teacher_guidance
@@ -157,18 +192,26 @@ def main(argv=None) -> int:
         if S.config["dataset"] != dataset:
             raise SystemExit(f"student {path} was trained on {S.config['dataset']}, the teacher on {dataset}")
         params[label] = count_params(S.model)
-        for steps in map(int, args.student_steps.split(",")):
-            for k, t_mid in enumerate(t_mids if steps == 2 else [None]):
-                r = run(S, "consistency", steps, **({} if t_mid is None else {"t_mid": t_mid}))
-                r["model"] = label
-                if k:  # the sweep's further t_mid rows (the first is the one the targets use)
-                    r.update(solver=f"consistency, t_mid {t_mid:g}", t_mid=t_mid)
-                print(f"{label:<7} {steps} step(s) [{r['solver']}]: FD {r['fd']:.4f}  "
-                      f"{r['ms_per_sample']:.3f} ms/sample", flush=True)
-                rows.append(r)
+        guided = getattr(S.model, "guided", False)
+        if guided and not student_ws:
+            raise SystemExit(f"student {path} is guidance-conditioned: give --student-guidance W[,W...]")
+        for w in student_ws if guided else [None]:
+            for steps in map(int, args.student_steps.split(",")):
+                for k, t_mid in enumerate(t_mids if steps == 2 else [None]):
+                    r = run(S, "consistency", steps, **({} if t_mid is None else {"t_mid": t_mid}),
+                            **({} if w is None else {"guidance": w}))
+                    r["model"] = label
+                    if k:  # the sweep's further t_mid rows (the first is the one the targets use)
+                        r.update(solver=f"consistency, t_mid {t_mid:g}", t_mid=t_mid)
+                    if w is not None:
+                        r.update(solver=f"{r['solver']}, input w {w:g}", student_guidance=w)
+                    print(f"{label:<7} {steps} step(s) [{r['solver']}]: FD {r['fd']:.4f}  "
+                          f"{r['ms_per_sample']:.3f} ms/sample", flush=True)
+                    rows.append(r)
 
     dpm = [r for r in rows if r["model"] == "teacher" and r["solver"] == "dpm++2m"]
-    ref = min((r["fd"] for r in dpm if r["nfe"] >= 20), default=None)
+    ref_row = min((r for r in dpm if r["nfe"] >= 20), key=lambda r: r["fd"], default=None)
+    ref = ref_row["fd"] if ref_row else None
     best = min(dpm, key=lambda d: (d["fd"], d["ms_per_sample"]), default=None)  # the teacher's best setting
     lines = [f"# Consistency benchmark: {dataset}", "",
              f"Teacher `{args.teacher}`; students {args.students}; FD = Frechet distance in the shipped "
@@ -189,13 +232,13 @@ def main(argv=None) -> int:
         ratio = f"{r['fd'] / ref:.2f}" if ref else "-"
         speed = "-"
         if r["model"] != "teacher" and dpm:
-            t_eq, exact = time_at_fd(dpm, r["fd"])
+            t_eq, exact = teacher_time_at_fd(dpm, r["fd"])
             bound = "" if exact else "at most "
             if t_eq:
                 speed = f"{bound}{t_eq / r['ms_per_sample']:.1f}x"
             else:  # better than every teacher setting: compare with the teacher's best one
                 speed = (f"teacher never as good ({best['ms_per_sample'] / r['ms_per_sample']:.1f}x faster than "
-                         f"its best, {best['nfe']} calls)")
+                         f"its best, {best['nfe']} calls{_cfg(best)})")
             r["speedup_equal_fd"] = t_eq / r["ms_per_sample"] if t_eq else None
             r["speedup_text"] = speed
         spread = f" [{min(r['fd_seeds']):.4f}, {max(r['fd_seeds']):.4f}]" if len(r["fd_seeds"]) > 1 else ""
@@ -203,7 +246,8 @@ def main(argv=None) -> int:
         lines.append(f"| {r['model']} | {r['solver']}{cfg_label} | {r['nfe']} | {r['fd']:.4f}{spread} | {ratio} | {r['precision']:.3f} | "
                      f"{r['recall']:.3f} | {r['ms_per_sample']:.3f} | {speed} |")
     if ref:
-        lines += ["", f"Targets (teacher reference: best DPM-Solver++ FD at >= 20 calls = {ref:.4f}):"]
+        lines += ["", f"Targets (teacher reference: best DPM-Solver++ FD at >= 20 calls = {ref:.4f}, "
+                      f"{ref_row['nfe']} calls{_cfg(ref_row)}):"]
         for r in rows:
             if r["model"] != "teacher" and r["nfe"] in (1, 2) and "t_mid" not in r:
                 limit = 1.5 if r["nfe"] == 1 else 1.1
@@ -230,7 +274,8 @@ def _plot(rows, path, dataset) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     groups = {}
     for r in rows:
-        groups.setdefault(f"{r['model']} ({r['solver']})", []).append(r)
+        cfg = f", CFG {r['guidance']:g}" if r.get("guidance") else ""
+        groups.setdefault(f"{r['model']} ({r['solver']}{cfg})", []).append(r)
     for label, rs in groups.items():
         rs = sorted(rs, key=lambda r: r["nfe"])
         axes[0].plot([r["nfe"] for r in rs], [r["fd"] for r in rs], "o-", label=label)

@@ -320,6 +320,32 @@ def test_guidance_conditioned_student():
     assert student.guidance_embed.mlp[2].weight.grad.abs().sum() > 0
 
 
+def test_generate_feeds_the_guidance_scale_to_a_guidance_conditioned_student():
+    """`generate(D, n, guidance=w)` (fewstep sample / eval --guidance) hands w to a guidance-conditioned
+    student as its input instead of wrapping it in CFG; it is required, and warned about outside the
+    student's guidance_range."""
+    from fewstep.commands.common import generate
+
+    student = build_student("mlp-tiny", 0.5, guidance=True, num_classes=2)
+    _randomize(student, seed=4)
+    D = wrap(student.eval(), TrigFlow(sigma_data=0.5), "trigflow", sigma_data=0.5)
+    D.sample_shape, D.num_classes, D.method = (2,), 2, "scd"
+    D.config = {"scm_args": {"guidance_range": [1.0, 2.0]}}
+    x, labels, nfe, _ = generate(D, 6, guidance=1.7, seed=3, progress=False, solver="consistency", steps=2)
+    noise = torch.randn(6, 2, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = sample(D, noise, solver="consistency", steps=2, class_labels=labels, cond={"guidance": 1.7},
+                     generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(x, ref)
+    assert nfe == 2 and labels.tolist() == [0, 1, 0, 1, 0, 1]
+    other, *_ = generate(D, 6, guidance=1.2, seed=3, progress=False, solver="consistency", steps=2)
+    assert not torch.allclose(x, other)  # w reaches the network
+    with pytest.raises(ValueError, match="guidance-conditioned"):
+        generate(D, 2, progress=False, solver="consistency", steps=1)
+    with pytest.warns(UserWarning, match="outside the range"):
+        generate(D, 2, guidance=3.0, progress=False, solver="consistency", steps=1)
+
+
 # ------------------------------------------------------------------------------------------ sampling
 
 

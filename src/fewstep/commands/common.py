@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -70,12 +71,29 @@ def sampling_options(args) -> dict:
     return opts
 
 
+def _student_guidance(D, guidance) -> float | None:
+    """The guidance input of a guidance-conditioned consistency model (None for any other model, whose
+    guidance is CFG): required, and warned about outside the scm_args.guidance_range it was trained on."""
+    if not getattr(getattr(D, "model", None), "guided", False):
+        return None
+    if guidance is None:
+        raise ValueError("this consistency model is guidance-conditioned: give the CFG scale it should "
+                         "imitate (--guidance / guidance=)")
+    lo_hi = ((getattr(D, "config", None) or {}).get("scm_args") or {}).get("guidance_range")
+    if lo_hi and not (lo_hi[0] <= guidance <= lo_hi[1]):
+        warnings.warn(f"guidance {guidance:g} lies outside the range this student was distilled on "
+                      f"[{lo_hi[0]:g}, {lo_hi[1]:g}]", stacklevel=3)
+    return float(guidance)
+
+
 def generate(D, n: int, *, seed: int = 0, label=None, guidance=None, batch_size: int = 256, device="cpu",
              progress: bool = True, **opts):
     """n samples from a loaded model (conditional models get labels spread over the classes, or
-    `label`; guidance > 1 uses CFG with the null class). Returns (samples, labels, nfe, seconds)."""
+    `label`; guidance > 1 uses CFG with the null class, or is the input of a guidance-conditioned
+    consistency model, which needs it). Returns (samples, labels, nfe, seconds)."""
     from ..progress import progress as bar
 
+    student_w = _student_guidance(D, guidance)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(n, *D.sample_shape, generator=g)
     labels = None
@@ -93,10 +111,12 @@ def generate(D, n: int, *, seed: int = 0, label=None, guidance=None, batch_size:
                  enabled=progress):
         z = noise[i:i + batch_size].to(device)
         kw = dict(opts)
+        if student_w is not None:
+            kw["cond"] = {**kw.get("cond", {}), "guidance": student_w}
         if labels is not None:
             y = labels[i:i + batch_size].to(device)
             kw["class_labels"] = y
-            if guidance is not None and guidance != 1.0:
+            if student_w is None and guidance is not None and guidance != 1.0:
                 kw["uncond"] = {"class_labels": torch.full_like(y, D.num_classes)}
                 kw["guidance_scale"] = guidance
         with torch.no_grad():
