@@ -274,8 +274,7 @@ def _plot(rows, path, dataset) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     groups = {}
     for r in rows:
-        cfg = f", CFG {r['guidance']:g}" if r.get("guidance") else ""
-        groups.setdefault(f"{r['model']} ({r['solver']}{cfg})", []).append(r)
+        groups.setdefault(f"{r['model']} ({r['solver']}{_cfg(r)})", []).append(r)
     for label, rs in groups.items():
         rs = sorted(rs, key=lambda r: r["nfe"])
         axes[0].plot([r["nfe"] for r in rs], [r["fd"] for r in rs], "o-", label=label)
