@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from fewstep.commands.common import pyplot
+from fewstep.commands.common import guidance_conditioned, pyplot
 from fewstep.commands.evaluate import extractor_for, measure, reference_features, timed_samples
 from fewstep.distill.sampling import DEFAULT_T_MID
 from fewstep.models.presets import count_params
@@ -148,9 +148,8 @@ def main(argv=None) -> int:
     seeds = [int(v) for v in args.seeds.split(",")]
     t_mids = [float(v) for v in args.t_mid.split(",")]
     student_ws = [float(v) for v in args.student_guidance.split(",")] if args.student_guidance else []
-    setting = {"teacher": args.teacher, "n": args.n, "batch": args.batch, "seeds": seeds}
-    if args.teacher_guidance != 1.0:
-        setting["guidance"] = args.teacher_guidance
+    teacher_cfg = {"guidance": args.teacher_guidance} if args.teacher_guidance != 1.0 else {}
+    setting = {"teacher": args.teacher, "n": args.n, "batch": args.batch, "seeds": seeds, **teacher_cfg}
     if args.retime_teacher and not args.teacher_rows:
         raise SystemExit("--retime-teacher re-times reused teacher rows: give --teacher-rows")
     rows = load_teacher_rows(args.teacher_rows, setting) if args.teacher_rows else []  # before any costly work
@@ -158,6 +157,15 @@ def main(argv=None) -> int:
     dataset = T.config["dataset"]
     ext = extractor_for("classifier", dataset)
     real, _ = reference_features(ext, dataset)
+    students = []  # loaded and checked before the teacher is sampled, which may take hours
+    for spec in filter(None, args.students.split(",")):
+        label, _, path = spec.partition("=")
+        S = load_denoiser(path)
+        if S.config["dataset"] != dataset:
+            raise SystemExit(f"student {path} was trained on {S.config['dataset']}, the teacher on {dataset}")
+        if guidance_conditioned(S) and not student_ws:
+            raise SystemExit(f"student {path} is guidance-conditioned: give --student-guidance W[,W...]")
+        students.append((label, S))
 
     def run(D, solver, steps, **options):
         """measure() on every seed: timing from the first (with warm-up and repeats), scores averaged."""
@@ -181,21 +189,13 @@ def main(argv=None) -> int:
               f"(stored {r['ms_per_sample_stored']:.3f})", flush=True)
     for solver in [] if args.teacher_rows else filter(None, args.teacher_solvers.split(",")):
         for nfe in map(int, filter(None, args.teacher_nfe.split(","))):
-            cfg = {"guidance": args.teacher_guidance} if args.teacher_guidance != 1.0 else {}
-            r = run(T, None if solver == "default" else solver, nfe, **cfg)
-            r.update(model="teacher", solver=solver, setting=setting, **cfg)
+            r = run(T, None if solver == "default" else solver, nfe, **teacher_cfg)
+            r.update(model="teacher", solver=solver, setting=setting, **teacher_cfg)
             rows.append(r)
             print(f"teacher {solver:<9} NFE {nfe:>3}: FD {r['fd']:.4f}  {r['ms_per_sample']:.3f} ms/sample", flush=True)
-    for spec in filter(None, args.students.split(",")):
-        label, _, path = spec.partition("=")
-        S = load_denoiser(path)
-        if S.config["dataset"] != dataset:
-            raise SystemExit(f"student {path} was trained on {S.config['dataset']}, the teacher on {dataset}")
+    for label, S in students:
         params[label] = count_params(S.model)
-        guided = getattr(S.model, "guided", False)
-        if guided and not student_ws:
-            raise SystemExit(f"student {path} is guidance-conditioned: give --student-guidance W[,W...]")
-        for w in student_ws if guided else [None]:
+        for w in student_ws if guidance_conditioned(S) else [None]:
             for steps in map(int, args.student_steps.split(",")):
                 for k, t_mid in enumerate(t_mids if steps == 2 else [None]):
                     r = run(S, "consistency", steps, **({} if t_mid is None else {"t_mid": t_mid}),

@@ -11,7 +11,8 @@ import torch
 
 from ..sample import sample
 
-__all__ = ["run_dir", "write_json", "generate", "add_sampling_arguments", "sampling_options", "pyplot"]
+__all__ = ["run_dir", "write_json", "generate", "guidance_conditioned", "add_sampling_arguments", "sampling_options",
+           "pyplot"]
 
 
 def run_dir(out, kind: str) -> Path:
@@ -71,10 +72,16 @@ def sampling_options(args) -> dict:
     return opts
 
 
+def guidance_conditioned(D) -> bool:
+    """Whether a loaded model is a consistency student that takes the CFG scale as an input
+    (distilled with scm_args.guidance_range)."""
+    return bool(getattr(getattr(D, "model", None), "guided", False))
+
+
 def _student_guidance(D, guidance) -> float | None:
     """The guidance input of a guidance-conditioned consistency model (None for any other model, whose
     guidance is CFG): required, and warned about outside the scm_args.guidance_range it was trained on."""
-    if not getattr(getattr(D, "model", None), "guided", False):
+    if not guidance_conditioned(D):
         return None
     if guidance is None:
         raise ValueError("this consistency model is guidance-conditioned: give the CFG scale it should "
