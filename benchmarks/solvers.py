@@ -710,7 +710,9 @@ def main(argv=None):
                           label="default + afs: unipc-3 vp-power afs=True")
     afs_alternative = Setting("unipc-bh1", 3, "vp-power", "zero", True, (("afs", True),),
                               label="alternative + afs: unipc-bh1-3 vp-power afs=True")
-    settings += [previous, alternative, afs_default, afs_alternative]
+    # the default without its implicit first step (solvers/implicit_first_step.py): the default before it
+    no_ifs = Setting(None, opts=(("ifs", False),), label="default without ifs: unipc-3 vp-power ifs=False")
+    settings += [previous, alternative, afs_default, afs_alternative, no_ifs]
     fs = results["fewstep"]
     per_sample = {}  # (mixture, label, nfe) -> per-sample squared errors, for bootstrap intervals
     t0 = time.time()
@@ -764,18 +766,24 @@ def main(argv=None):
         return best_of(fs.get(mix, {}).items(), nfe)
 
     # -------------------------------------------------------------- headline
-    dflt = {n: default_solver(process, n)["solver"] for n in nfes}
+    dflt = {n: default_solver(process, n)["solver"] + (" + ifs" if default_solver(process, n).get("ifs") else "")
+            for n in nfes}
     R.add("## Headline: fewstep vs the best diffusers scheduler", "",
           f"fewstep default: `sample()` with no solver given (per NFE: {dflt}), end='zero': UniPC-3 (bh1 at <= 5 "
           "calls, bh2 from 6; data form, corrector on, lower_order_final=True) on the library's `vp-power` grid (fewstep.spacing: NFE + 1 times "
           "uniform in tau(lambda)^(1/kappa) of the reference linear-beta VP, kappa = min(2, 0.75 + NFE/10), the "
-          "last one dropped so the last step goes to sigma = 0 from one grid step above t_min). Previous default: "
+          "last one dropped so the last step goes to sigma = 0 from one grid step above t_min); at <= 10 calls "
+          "with the implicit first step (ifs, solvers/implicit_first_step.py: the step from t_max to lambda = -2.5 "
+          "takes x0 from one call at its end, which is also the solver's first model output, and the NFE calls "
+          "follow on the vp-power grid from there). 'default without ifs': the same with ifs=False (the default "
+          "before ifs). Previous default: "
           "the same solver on the logSNR-uniform grid whose last model call sits at t_min = 1/N. Alternative: "
           "UniPC-3 bh1 on the same grid. 'default + analytical first step': UniPC-3 bh2 with `afs=True` (from 6 calls the default + afs), 'alternative + analytical first step': UniPC-3 bh1 with `afs=True` (at <= 5 calls the default + afs) (the first model call is replaced by the closed-form E[x0 | x_T] of zero-mean Gaussian data, sd 0.5, and spent on one more step). Best diffusers = lowest RMSE among the default-setting schedulers "
           "at the same or a smaller number of model calls. Ratio = fewstep / best diffusers, with a paired "
           "bootstrap 90% interval over samples; target <= 0.75.", "")
     headline = {}
-    cands = [("fewstep default", "fewstep default"), ("alternative (unipc-bh1-3, vp-power)", alternative.name()),
+    cands = [("fewstep default", "fewstep default"), ("default without ifs", no_ifs.name()),
+             ("alternative (unipc-bh1-3, vp-power)", alternative.name()),
              ("previous default (unipc-3, logsnr)", previous.name()),
              ("default + analytical first step", afs_default.name()),
              ("alternative + analytical first step", afs_alternative.name())]
@@ -821,7 +829,7 @@ def main(argv=None):
         rows = []
         keys = ["fewstep default"] + list(dict.fromkeys(default_setting(r["solver"], r["order"]).name()
                                                         for r in fs[mix].values() if r["solver"]))
-        keys += [previous.name(), alternative.name()]
+        keys += [no_ifs.name(), previous.name(), alternative.name()]
         for key in keys:
             row = fs[mix].get(key)
             if row is None:
@@ -1258,7 +1266,9 @@ def plots(outdir, results, problems, nfes, previous_key):
         s = {}
         for key, row in fs[mix].items():
             if key == "fewstep default":
-                s["fewstep default (unipc-3 vp-power)"] = (vals(row), dict(color="r", lw=2.5))
+                s["fewstep default (unipc-3 vp-power, ifs <= 10 calls)"] = (vals(row), dict(color="r", lw=2.5))
+            elif key.startswith("default without ifs"):
+                s["default without ifs"] = (vals(row), dict(color="m", lw=1.5, ls=":"))
             elif key == previous_key:
                 s["previous default (unipc-3 logsnr)"] = (vals(row), dict(color="k", lw=2))
             elif row["solver"] and key == default_setting(row["solver"], row["order"]).name():

@@ -109,9 +109,10 @@ def final_order(order: int, i: int, n: int, lower_order_final) -> int:
     return order
 
 
-def record_nfe(denoiser, model: Model) -> None:
-    """Record the number of model calls of the last solve on the denoiser (`last_nfe`)."""
+def record_nfe(denoiser, model) -> None:
+    """Record the number of model calls of the last solve (a `Model`'s count, or an int) on the denoiser
+    (`last_nfe`)."""
     try:
-        denoiser.last_nfe = model.nfe
+        denoiser.last_nfe = model if isinstance(model, int) else model.nfe
     except AttributeError:
         pass

@@ -1,0 +1,169 @@
+"""The implicit first step (ifs=True): where it pays, where its step should end, and under guidance.
+
+`sample(..., ifs=True)` takes the first step from t_max with the model output at its end (one call
+at lambda_1, which is also the solver's first output), so the call at t_max is saved and the calls
+follow on the solver's grid from lambda_1 (solvers/implicit_first_step.py). This script measures the
+exact-oracle RMSE ratio of the default solver with ifs to the same solver without it (below 1 =
+better), on the benchmark's two mixtures, its held-out ones and the sharp one shifted to mean -0.5:
+
+1. against the number of model calls (4-15), the default's end lambda_1 = -2.5;
+2. the end lambda_1 of the implicit step (-3.5..-1.5) at 5-10 calls;
+3. under every other process (sharp / smooth mixtures);
+4. under classifier-free guidance (class-conditional mixtures of benchmarks/solvers_guided.py).
+
+    python benchmarks/solvers_ifs.py [--samples 1000] [--out benchmarks/results/ifs]   # ~8 min, one core
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from solvers import MIX_SEED, MIXTURES, NOISE_SEED, Problem, md_table  # noqa: E402
+from solvers_afs import oracles  # noqa: E402
+from solvers_guided import NUM_CLASSES, Guided  # noqa: E402
+
+from fewstep import sample  # noqa: E402
+from fewstep.commands.common import pyplot  # noqa: E402
+from fewstep.processes import EDM, Flow, TrigFlow, VPCosine, VPDiscrete, VPLinear  # noqa: E402
+from fewstep.sample import IFS_MAX_CALLS, default_solver  # noqa: E402
+from fewstep.solvers.implicit_first_step import IFS_LAMBDA, ifs_grid  # noqa: E402
+from fewstep.testing import GaussianMixture  # noqa: E402
+
+NFES = (4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15)
+SWEEP_NFES = (5, 6, 8, 10)
+LAMBDAS = (-3.5, -3.0, -2.5, -2.0, -1.5)
+GUIDANCE = (1.5, 3.0, 7.5)
+
+
+def geo(vals) -> float:
+    return math.exp(float(np.mean([math.log(v) for v in vals])))
+
+
+def solver_of(p, nfe: int) -> dict:
+    """The unguided default's solver and order for nfe calls (without its ifs flag)."""
+    d = default_solver(p, nfe)
+    return {"solver": d["solver"], "order": d["order"]}
+
+
+def rmse(pb: Problem, p, nfe: int, **opts) -> float:
+    out, used = sample(pb.g.denoiser(p), pb.noise, steps=nfe, return_nfe=True, **opts)
+    assert used == nfe, (opts, used, nfe)
+    return pb.score(out)["rmse"]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--guided-samples", type=int, default=500)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "ifs"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    t0 = time.time()
+    p = VPDiscrete.linear()
+    mixtures = oracles()
+    problems = {name: Problem.make(name, g, p, args.samples, NOISE_SEED) for name, g in mixtures.items()}
+    names = list(problems)
+    lines = ["# Implicit first step (benchmarks/solvers_ifs.py)", "",
+             f"Exact-oracle RMSE ratio of a solver with `ifs=True` to the same solver without it, at the same number "
+             f"of model calls (below 1.00 = ifs better); linear-beta VP unless stated, {args.samples} samples (noise "
+             f"seed {NOISE_SEED}); mixtures: the benchmark's sharp and smooth ones, its held-out ones and the sharp "
+             f"one shifted to mean -0.5. Solver: the unguided default's (UniPC-3, bh1 at <= 5 calls, bh2 from 6, "
+             f"vp-power grid). The default uses ifs up to {IFS_MAX_CALLS} calls, ending the implicit step at "
+             f"lambda = {IFS_LAMBDA}. Command: `python benchmarks/solvers_ifs.py --samples {args.samples}`", ""]
+
+    # 1. against the number of calls
+    ratios = {}
+    for name, pb in problems.items():
+        for nfe in NFES:
+            s = solver_of(p, nfe)
+            ratios[(name, nfe)] = rmse(pb, p, nfe, ifs=True, **s) / rmse(pb, p, nfe, ifs=False, **s)
+        print(f"[calls: {name} {time.time() - t0:.0f}s]", flush=True)
+    rows = [[name] + [f"{ratios[(name, n)]:.2f}" for n in NFES] for name in names]
+    rows.append(["geometric mean"] + [f"**{geo([ratios[(m, n)] for m in names]):.2f}**" for n in NFES])
+    rows.append(["max"] + [f"{max(ratios[(m, n)] for m in names):.2f}" for n in NFES])
+    lines += ["## 1. Against the number of model calls (ifs ending at lambda = -2.5)", ""]
+    lines += md_table(["mixture"] + [f"NFE {n}" for n in NFES], rows) + [""]
+
+    # 2. where the implicit step ends
+    lines += ["## 2. Where the implicit step ends (lambda_1; then the vp-power grid of NFE steps from there)", "",
+              "Geometric mean over the mixtures (max in brackets).", ""]
+    rows = []
+    for lam in LAMBDAS:
+        cells = []
+        for nfe in SWEEP_NFES:
+            s = solver_of(p, nfe)
+            r = [rmse(pb, p, nfe, ifs=True, spacing=ifs_grid(p, nfe, "vp-power", lam_first=lam), **s)
+                 / rmse(pb, p, nfe, ifs=False, **s) for pb in problems.values()]
+            cells.append(f"{geo(r):.2f} ({max(r):.2f})")
+        rows.append([f"{lam}" + (" (default)" if lam == IFS_LAMBDA else "")] + cells)
+        print(f"[lambda_1 {lam}: {time.time() - t0:.0f}s]", flush=True)
+    lines += md_table(["lambda_1"] + [f"NFE {n}" for n in SWEEP_NFES], rows) + [""]
+
+    # 3. other processes
+    procs = {"vp-discrete cosine": VPDiscrete.cosine(), "vp-linear (continuous)": VPLinear(),
+             "vp-cosine (continuous)": VPCosine(), "edm": EDM(), "flow": Flow(), "trigflow": TrigFlow()}
+    rows = []
+    for pname, proc in procs.items():
+        for mix in MIXTURES:
+            pb = Problem.make(mix, mixtures[mix], proc, args.samples, NOISE_SEED)
+            cells = []
+            for nfe in SWEEP_NFES:
+                s = solver_of(proc, nfe)
+                cells.append(f"{rmse(pb, proc, nfe, ifs=True, **s) / rmse(pb, proc, nfe, ifs=False, **s):.2f}")
+            rows.append([pname, f"{float(proc.lambda_(proc.t_max)):.2f}", mix] + cells)
+        print(f"[process {pname}: {time.time() - t0:.0f}s]", flush=True)
+    lines += ["## 3. Other processes", ""]
+    lines += md_table(["process", "lambda(t_max)", "mixture"] + [f"NFE {n}" for n in SWEEP_NFES], rows) + [""]
+
+    # 4. classifier-free guidance: the guided default with and without ifs
+    rows = []
+    for mix, sr in MIXTURES.items():
+        g = GaussianMixture.random(d=16, K=8, std_range=sr, seed=MIX_SEED, num_classes=NUM_CLASSES)
+        for scale in GUIDANCE:
+            G = Guided(g, p, args.guided_samples, scale)
+            cells = []
+            for nfe in SWEEP_NFES:
+                d = default_solver(p, nfe, guided=True)
+                cells.append(f"{G.fewstep({**d, 'ifs': True}, nfe) / G.fewstep(d, nfe):.2f}")
+            rows.append([mix, f"{scale}"] + cells)
+        print(f"[guided {mix}: {time.time() - t0:.0f}s]", flush=True)
+    lines += ["## 4. Under classifier-free guidance (the guided default's solver, with / without ifs)", "",
+              f"Class-conditional mixtures of benchmarks/solvers_guided.py, {args.guided_samples} samples, RMSE to the "
+              "guided ODE's 1000-step end point.", ""]
+    lines += md_table(["mixture", "CFG scale"] + [f"NFE {n}" for n in SWEEP_NFES], rows) + [""]
+
+    text = "\n".join(lines)
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "solvers_ifs.md")
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    plt = pyplot()
+    if plt is not None:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name in names:
+            ax.plot(NFES, [ratios[(name, n)] for n in NFES], marker="o", ms=3, lw=1, alpha=0.7, label=name)
+        ax.plot(NFES, [geo([ratios[(m, n)] for m in names]) for n in NFES], color="k", lw=2.5, label="geometric mean")
+        ax.axhline(1.0, color="gray", ls="--", lw=1)
+        ax.axvline(IFS_MAX_CALLS + 0.5, color="r", ls=":", lw=1, label=f"default uses ifs up to {IFS_MAX_CALLS} calls")
+        ax.set_xlabel("model calls (NFE)")
+        ax.set_ylabel("RMSE with ifs / without")
+        ax.set_title("implicit first step: RMSE ratio to the same solver without it")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(args.out, "solvers_ifs.png"), dpi=120)
+        plt.close(fig)
+    print(f"wrote {path} ({time.time() - t0:.0f}s)")
+
+
+if __name__ == "__main__":
+    main()
