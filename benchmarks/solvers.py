@@ -772,11 +772,11 @@ def main(argv=None):
           f"fewstep default: `sample()` with no solver given (per NFE: {dflt}), end='zero': UniPC-3 (bh1 at <= 5 "
           "calls, bh2 from 6; data form, corrector on, lower_order_final=True) on the library's `vp-power` grid (fewstep.spacing: NFE + 1 times "
           "uniform in tau(lambda)^(1/kappa) of the reference linear-beta VP, kappa = min(2, 0.75 + NFE/10), the "
-          "last one dropped so the last step goes to sigma = 0 from one grid step above t_min); at <= 10 calls "
-          "with the implicit first step (ifs, solvers/implicit_first_step.py: the step from t_max to lambda = -2.5 "
-          "takes x0 from one call at its end, which is also the solver's first model output, and the NFE calls "
-          "follow on the vp-power grid from there). 'default without ifs': the same with ifs=False (the default "
-          "before ifs). Previous default: "
+          "last one dropped so the last step goes to sigma = 0 from one grid step above t_min), with the implicit "
+          "first step (ifs, solvers/implicit_first_step.py: the step from t_max to lambda = -2.5, -3.5 from 11 "
+          "calls, -4.5 from 15, takes x0 from one call at its end, which is also the solver's first model output, "
+          "and the NFE calls follow on the vp-power grid from there). 'default without ifs': the same with "
+          "ifs=False (the default before ifs). Previous default: "
           "the same solver on the logSNR-uniform grid whose last model call sits at t_min = 1/N. Alternative: "
           "UniPC-3 bh1 on the same grid. 'default + analytical first step': UniPC-3 bh2 with `afs=True` (from 6 calls the default + afs), 'alternative + analytical first step': UniPC-3 bh1 with `afs=True` (at <= 5 calls the default + afs) (the first model call is replaced by the closed-form E[x0 | x_T] of zero-mean Gaussian data, sd 0.5, and spent on one more step). Best diffusers = lowest RMSE among the default-setting schedulers "
           "at the same or a smaller number of model calls. Ratio = fewstep / best diffusers, with a paired "
@@ -1266,7 +1266,7 @@ def plots(outdir, results, problems, nfes, previous_key):
         s = {}
         for key, row in fs[mix].items():
             if key == "fewstep default":
-                s["fewstep default (unipc-3 vp-power, ifs <= 10 calls)"] = (vals(row), dict(color="r", lw=2.5))
+                s["fewstep default (unipc-3 vp-power + ifs)"] = (vals(row), dict(color="r", lw=2.5))
             elif key.startswith("default without ifs"):
                 s["default without ifs"] = (vals(row), dict(color="m", lw=1.5, ls=":"))
             elif key == previous_key:

@@ -4,7 +4,9 @@
 (solvers/common.py `analytic_x0`) and spends the saved call on one more step. This script measures,
 on the benchmark's two mixtures, its held-out mixtures and a copy of the sharp mixture shifted to
 mean -0.5 (as images in [-1, 1] often are), the exact-oracle RMSE ratio to the default setting
-(`sample()` without solver: UniPC-3 on vp-power, bh1 at <= 5 calls, bh2 from 6) of: the default + afs, UniPC-3 bh1, and bh1 + afs. Below 1 = better.
+(`sample()` without solver: UniPC-3 on vp-power, bh1 at <= 5 calls, bh2 from 6), without its implicit
+first step (ifs=False: the default when afs was measured), of: the default + afs, UniPC-3 bh1, and bh1
++ afs. Below 1 = better. benchmarks/solvers_ifs.py measures the implicit first step the same way.
 
     python benchmarks/solvers_afs.py [--samples 500] [--out benchmarks/results/afs]
 """
@@ -52,14 +54,14 @@ def main(argv=None):
     for name, g in mixtures.items():
         pb = Problem.make(name, g, p, args.samples, NOISE_SEED)
         for nfe in NFES:
-            base = pb.score(sample(g.denoiser(p), pb.noise, steps=nfe))["rmse"]
+            base = pb.score(sample(g.denoiser(p), pb.noise, steps=nfe, ifs=False))["rmse"]  # the default before ifs
             for label, solver, afs in VARIANTS:
                 out = sample(g.denoiser(p), pb.noise, solver=solver, order=3, steps=nfe, afs=afs)
                 ratios[(label, name, nfe)] = pb.score(out)["rmse"] / base
         print(f"[{name}: {time.time() - t0:.0f}s]", flush=True)
     names = list(mixtures)
     lines = ["# Analytical first step (benchmarks/solvers_afs.py)", "",
-             f"Exact-oracle RMSE ratio to the default setting (`sample()` without solver: UniPC-3 on vp-power, bh1 at <= 5 calls, bh2 from 6; afs off) at the same number of "
+             f"Exact-oracle RMSE ratio to the default setting (`sample()` without solver: UniPC-3 on vp-power, bh1 at <= 5 calls, bh2 from 6; afs off, ifs=False) at the same number of "
              f"model calls; linear-beta VP, {args.samples} samples (noise seed {NOISE_SEED}); mixtures: the benchmark's "
              f"sharp and smooth ones, its held-out ones ({', '.join(HELD_OUT)}) and the sharp one shifted to mean "
              f"-0.5. Below 1.00 = better than the default. Command: `python benchmarks/solvers_afs.py "

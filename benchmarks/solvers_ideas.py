@@ -1,7 +1,8 @@
 """Solver ideas tried against the default and not adopted (kept so that the numbers can be reproduced).
 
 On the benchmark's oracle mixtures (benchmarks/solvers.py: sharp, smooth and the held-out ones),
-linear-beta VP, exact-oracle RMSE ratio to the default (`sample()` without solver) at 5-10 calls:
+linear-beta VP, exact-oracle RMSE ratio to the default (`sample()` without solver; ifs=False, the default
+before the implicit first step) at 5-10 calls:
 
 * iPNDM (Zhou et al. 2024, "Fast ODE-based sampling for diffusion models in around 5 steps"):
   Adams-Bashforth on eps in the VE coordinates x / alpha against sigma / alpha, with the fixed-step
@@ -116,7 +117,7 @@ def main(argv=None):
     for name, g in mixtures.items():
         pb = Problem.make(name, g, proc, args.samples, NOISE_SEED)
         for n in NFES:
-            base = pb.score(sample(g.denoiser(proc), pb.noise, steps=n))["rmse"]
+            base = pb.score(sample(g.denoiser(proc), pb.noise, steps=n, ifs=False))["rmse"]  # the default before ifs
             for label, fn in ideas.items():
                 D = g.denoiser(proc)
                 out = fn(D, pb.noise, n)
@@ -124,7 +125,7 @@ def main(argv=None):
                 ratios[(label, name, n)] = pb.score(out)["rmse"] / base
         print(f"[{name}: {time.time() - t0:.0f}s]", flush=True)
     lines = ["# Solver ideas not adopted (benchmarks/solvers_ideas.py)", "",
-             f"Exact-oracle RMSE ratio to fewstep's default (`sample()` without solver) at the same number of model "
+             f"Exact-oracle RMSE ratio to fewstep's default (`sample()` without solver, ifs=False) at the same number of model "
              f"calls; linear-beta VP, {args.samples} samples (noise seed {NOISE_SEED}); the benchmark's sharp and "
              f"smooth mixtures and its held-out ones. Below 1 = better than the default. Command: "
              f"`python benchmarks/solvers_ideas.py --samples {args.samples}`", ""]

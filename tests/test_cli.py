@@ -117,3 +117,27 @@ def test_demo_oracle_table(capsys):
     assert main(["demo", "--oracle", "--steps", "4,8"]) == 0
     out = capsys.readouterr().out
     assert "default" in out and "dpm++2m" in out
+
+
+def test_sample_with_a_guidance_interval(tiny_run, tmp_path, capsys):
+    """--guidance-interval LO,HI limits --guidance to noise levels in (LO, HI]: the samples are those of
+    sample(..., guidance_interval=...), and differ from plain CFG; bad values are one-line errors."""
+    s = tmp_path / "s"
+    assert main(["sample", str(tiny_run), "--n", "6", "--steps", "4", "--guidance", "3", "--guidance-interval",
+                 "0.3,5", "--out", str(s)]) == 0
+    D = load_denoiser(str(tiny_run))
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 1, 8, 8, generator=g)
+    y = torch.arange(6) % 10
+    kw = dict(steps=4, class_labels=y, uncond={"class_labels": torch.full_like(y, 10)}, guidance_scale=3.0,
+              generator=torch.Generator().manual_seed(1))
+    want = sample(D, z, guidance_interval=(0.3, 5.0), **kw)
+    with np.load(s / "samples.npz") as f:
+        np.testing.assert_allclose(f["images"], want.numpy(), atol=1e-5)
+        assert not np.allclose(f["images"], sample(D, z, **kw).numpy(), atol=1e-5)
+    for bad, msg in ((["--guidance", "3", "--guidance-interval", "5,1"], "guidance interval needs 0 <= lo < hi"),
+                     (["--guidance", "3", "--guidance-interval", "a,b"], "--guidance-interval must be LO,HI"),
+                     (["--guidance-interval", "0.3,5"], "--guidance-interval needs --guidance")):
+        capsys.readouterr()
+        assert main(["sample", str(tiny_run), "--n", "2", "--steps", "3", *bad, "--out", str(s)]) == 2
+        assert msg in capsys.readouterr().err

@@ -100,3 +100,58 @@ def test_guidance_bad_input(labelled):
         CFG(D, 2.0, {"class_labels": torch.zeros(1)}, {})
     with pytest.raises(ValueError, match="needs uncond"):
         sample(D, torch.randn(2, 2, dtype=torch.float64), class_labels=torch.zeros(2, dtype=torch.long), guidance_scale=2.0)
+
+
+def test_guidance_interval_guides_only_inside_it(labelled):
+    """CFG with interval (lo, hi] (Kynkaanniemi et al. 2024): guided where sigma / alpha is inside, the
+    conditional model alone outside (one call of the batch size), per sample when times differ."""
+    p = VPDiscrete.linear()
+    D = labelled.denoiser(p)
+    y = torch.ones(16, dtype=torch.long)
+    c, u = {"class_labels": y}, {"class_labels": torch.full_like(y, 2)}
+    t_in, t_out = 0.5, 0.05  # sigma / alpha: about 3.4 and 0.2
+    s_in, s_out = (float(torch.exp(-p.lambda_(torch.tensor(t, dtype=torch.float64)))) for t in (t_in, t_out))
+    assert s_out < 0.5 < s_in < 5.0
+    t_in64, t_out64 = (torch.tensor(t, dtype=torch.float64) for t in (t_in, t_out))
+    cfg, ranged = CFG(D, 3.0, c, u), CFG(D, 3.0, c, u, interval=(0.5, 5.0))
+    x = labelled.sample_xt(16, t_in, p)[0]
+    assert torch.equal(ranged(x, t_in64), cfg(x, t_in64))
+    seen = []
+
+    class Counting:
+        process = p
+
+        def __call__(self, x, t, **kw):
+            seen.append(x.shape[0])
+            return D(x, t, **kw)
+
+    out = CFG(Counting(), 3.0, c, u, interval=(0.5, 5.0))(x, t_out64)
+    assert torch.equal(out, D(x, t_out64, class_labels=y)) and seen == [16]  # one call, batch 16
+    # per-sample times: each sample guided or not by its own noise level
+    tt = torch.tensor([t_in, t_out] * 8, dtype=torch.float64)
+    mixed = ranged(x, tt)
+    assert torch.equal(mixed[0::2], cfg(x, tt)[0::2]) and torch.equal(mixed[1::2], D(x, tt, class_labels=y)[1::2])
+    # an interval over every noise level is plain CFG; LabelCFG takes one too
+    z = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    kw = dict(class_labels=y[:8], uncond={"class_labels": torch.full_like(y[:8], 2)}, guidance_scale=3.0)
+    assert torch.equal(sample(labelled.denoiser(p), z, steps=6, guidance_interval=(0.0, float("inf")), **kw),
+                       sample(labelled.denoiser(p), z, steps=6, **kw))
+    # sampling with the interval differs from both ends: plain CFG and no guidance
+    limited = sample(labelled.denoiser(p), z, steps=6, guidance_interval=(0.5, 5.0), **kw)
+    assert not torch.equal(limited, sample(labelled.denoiser(p), z, steps=6, **kw))
+    assert not torch.equal(limited, sample(labelled.denoiser(p), z, steps=6, class_labels=y[:8], solver="dpm++2m"))
+    lab = LabelCFG(D, 3.0, null_label=2, interval=(0.5, 5.0))
+    assert torch.equal(lab(x, tt, class_labels=y), mixed)
+
+
+def test_guidance_interval_bad_input(labelled):
+    p = VPDiscrete.linear()
+    D = labelled.denoiser(p)
+    y = torch.ones(4, dtype=torch.long)
+    c, u = {"class_labels": y}, {"class_labels": torch.full_like(y, 2)}
+    for bad in ((2.0, 1.0), (1.0, 1.0), (-1.0, 2.0), (1.0,), "wide", 3.0):
+        with pytest.raises(ValueError, match="guidance interval"):
+            CFG(D, 3.0, c, u, interval=bad)
+    z = torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="guidance_interval needs guidance_scale"):
+        sample(D, z, steps=5, class_labels=y, guidance_interval=(0.5, 5.0))

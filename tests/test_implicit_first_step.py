@@ -7,7 +7,8 @@ from fewstep import sample
 from fewstep.processes import EDM, Flow, TrigFlow, VPDiscrete
 from fewstep.sample import SOLVERS
 from fewstep.solvers.common import analytic_x0
-from fewstep.solvers.implicit_first_step import IFS_LAMBDA, FirstOutput, ifs_grid, implicit_first_step
+from fewstep.solvers.implicit_first_step import (IFS_LAMBDA, FirstOutput, ifs_grid, ifs_lambda, ifs_reaches,
+                                                 implicit_first_step)
 from fewstep.spacing import make_grid
 from fewstep.testing import GaussianMixture
 
@@ -102,6 +103,24 @@ def test_ifs_grid():
     torch.testing.assert_close(ifs_grid(p, 5, given), torch.tensor(given, dtype=F64), atol=0, rtol=0)
     with pytest.raises(ValueError, match="at least 3 times"):
         ifs_grid(p, 1, [p.t_max, 0.0])
+
+
+def test_the_default_takes_ifs_where_the_process_starts_noisy_enough():
+    """The default ends the implicit step at ifs_lambda(calls) (-2.5 / -3.5 / -4.5 up to 10 / 14 / more
+    calls) and takes it only where the process starts 0.5 below that: EDM (lambda(t_max) = -4.38) not
+    from 15 calls, the linear VP (-5.06) always; a late t_start turns it off too."""
+    assert [ifs_lambda(n) for n in (1, 10, 11, 14, 15, 50)] == [-2.5, -2.5, -3.5, -3.5, -4.5, -4.5]
+    g = GaussianMixture.random(d=4, K=3, std_range=(0.2, 0.4), seed=2)
+    noise = _noise(16, 4)
+    for p, steps, ifs in ((VPDiscrete.linear(), 15, True), (EDM(), 14, True), (EDM(), 15, False)):
+        assert ifs_reaches(p, lam_first=ifs_lambda(steps)) is ifs
+        out = sample(g.denoiser(p), noise, steps=steps)
+        assert torch.equal(out, sample(g.denoiser(p), noise, steps=steps, ifs=ifs)), (p, steps)
+        assert not torch.equal(out, sample(g.denoiser(p), noise, steps=steps, ifs=not ifs))
+    p = VPDiscrete.linear()
+    t_late = float(p.t_of_lambda(torch.tensor(-2.2, dtype=F64)))
+    assert torch.equal(sample(g.denoiser(p), noise, steps=5, t_start=t_late),
+                       sample(g.denoiser(p), noise, steps=5, t_start=t_late, ifs=False))
 
 
 @pytest.mark.parametrize("p", [VPDiscrete.linear(), EDM(), Flow()], ids=lambda p: type(p).__name__)

@@ -6,10 +6,10 @@ import torch
 
 from fewstep import sample
 from fewstep.processes import EDM, VE, Flow, TrigFlow, VPCosine, VPDiscrete, VPLinear
-from fewstep.sample import IFS_MAX_CALLS, SOLVERS, default_solver
+from fewstep.sample import SOLVERS, default_solver
 from fewstep.solvers import ddim, dpm_adaptive, dpm_multistep, dpm_singlestep, edm_sampler, unipc
 from fewstep.solvers.dpm_solver import fast_orders
-from fewstep.solvers.implicit_first_step import IFS_LAMBDA, FirstOutput, ifs_grid, implicit_first_step
+from fewstep.solvers.implicit_first_step import FirstOutput, ifs_grid, ifs_lambda, implicit_first_step
 from fewstep.spacing import make_grid, vp_power_kappa
 from fewstep.testing import GaussianMixture
 
@@ -322,27 +322,23 @@ def test_sample_without_solver_uses_the_default():
     for p in (VPDiscrete.linear(), EDM()):
         assert default_solver(p) == {"solver": "unipc", "order": 3, "spacing": "vp-power", "ifs": True}
         assert default_solver(p, 5) == {"solver": "unipc-bh1", "order": 3, "spacing": "vp-power", "ifs": True}
-        assert default_solver(p, IFS_MAX_CALLS + 1) == {"solver": "unipc", "order": 3, "spacing": "vp-power"}
+        assert default_solver(p, 20) == {"solver": "unipc", "order": 3, "spacing": "vp-power", "ifs": True}
         assert SOLVERS["unipc"].spacing == SOLVERS["unipc-bh1"].spacing == "vp-power"
         exact = g.ode(noise * p.prior_std(), p.t_max, 0.0, p)
-        for steps, variant in ((5, "bh1"), (6, "bh2"), (10, "bh2"), (12, "bh2")):
+        for steps, variant, lam in ((5, "bh1", -2.5), (6, "bh2", -2.5), (10, "bh2", -2.5), (12, "bh2", -3.5)):
             D = g.denoiser(p)
             out, nfe = sample(D, noise, steps=steps, return_nfe=True)
             assert nfe == steps and D.calls == steps and D.last_nfe == steps
-            ifs = steps <= IFS_MAX_CALLS
-            x = noise * p.prior_std()
-            if ifs:  # the implicit first step to lambda = -2.5, then the vp-power grid of `steps` steps
-                ts = ifs_grid(p, steps, "vp-power")
-                assert float(p.lambda_(ts[1])) == pytest.approx(IFS_LAMBDA)
-                x, x0 = implicit_first_step(g.denoiser(p), x, ts[0], ts[1])
-                ref = unipc(FirstOutput(g.denoiser(p), x0), x, ts[1:], order=3, variant=variant)
-            else:
-                ref = unipc(g.denoiser(p), x, make_grid(p, steps, "vp-power"), order=3, variant=variant)
+            # the implicit first step to lambda = ifs_lambda(steps), then the vp-power grid of `steps` steps
+            ts = ifs_grid(p, steps, "vp-power")
+            assert float(p.lambda_(ts[1])) == pytest.approx(lam) and ifs_lambda(steps) == lam
+            x, x0 = implicit_first_step(g.denoiser(p), noise * p.prior_std(), ts[0], ts[1])
+            ref = unipc(FirstOutput(g.denoiser(p), x0), x, ts[1:], order=3, variant=variant)
             assert torch.allclose(out, ref, atol=1e-12)
             named = sample(g.denoiser(p), noise, solver=f"unipc{'-bh1' if variant == 'bh1' else ''}", order=3,
-                           spacing="vp-power", steps=steps, ifs=ifs)
+                           spacing="vp-power", steps=steps, ifs=True)
             assert torch.equal(out, named)
-            if not ifs:
+            if steps > 10:
                 continue
             # and it is more accurate than the previous default (unipc-3 on the logSNR grid down to t_min)
             old = sample(g.denoiser(p), noise, solver="unipc", order=3, spacing="logsnr", steps=steps)
@@ -357,7 +353,7 @@ def test_default_with_guidance_is_stable_at_few_calls():
     p = VPDiscrete.linear()
     assert default_solver(p, 5, guided=True)["solver"] == "dpm++2m"
     assert default_solver(p, 10, guided=True) == {"solver": "unipc", "order": 2, "spacing": "vp-power"}
-    assert default_solver(p, 15, guided=True) == default_solver(p, 15)
+    assert default_solver(p, 15, guided=True) == {"solver": "unipc", "order": 3, "spacing": "vp-power"}  # no ifs
     g = GaussianMixture.random(d=16, K=8, std_range=(0.2, 0.5), seed=0, num_classes=4)
     noise = torch.randn(200, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     y = torch.arange(200) % 4

@@ -52,7 +52,8 @@ def fit_solver(model, noise: Tensor, steps: int, *, reference: Tensor | None = N
     as the model (its labels come with each call, so chunks work); history: learn only the weights of
     the last `history` model outputs in each row (the others keep the starting solver's; None: all);
     init: the starting setting {"solver", "order", "spacing"} (default: `default_solver(process, steps,
-    guided)`, guided when the model is wrapped in guidance); process / prediction / sigma_data wrap a
+    guided)`, guided when the model is wrapped in guidance, without its implicit first step: a fitted
+    solver's first call is at its start); process / prediction / sigma_data wrap a
     raw network as `sample` does. Returns a `FittedSolver` (`sample(model, noise, solver=fitted)`)
     with its train / held-out RMSE before and after in `.meta`.
     """

@@ -20,13 +20,12 @@ from .solvers.ddim import ddim
 from .solvers.dpm_solver import dpm_adaptive, dpm_multistep, dpm_singlestep, sde_dpmpp_2m
 from .solvers.edm import edm_sampler
 from .solvers.fitted import FittedSolver, fitted_solve, guidance_key
-from .solvers.implicit_first_step import FirstOutput, ifs_grid, implicit_first_step
+from .solvers.implicit_first_step import (FirstOutput, ifs_grid, ifs_lambda, ifs_reaches,
+                                         implicit_first_step)
 from .solvers.unipc import unipc
 from .spacing import make_grid
 
-__all__ = ["sample", "SOLVERS", "default_solver", "SolverSpec", "IFS_MAX_CALLS"]
-
-IFS_MAX_CALLS = 10  # the unguided default takes the implicit first step up to this many model calls
+__all__ = ["sample", "SOLVERS", "default_solver", "SolverSpec"]
 
 
 @dataclass(frozen=True)
@@ -67,14 +66,18 @@ def default_solver(process: Process, steps: int | None = None, guided: bool = Fa
       better from 6 on. Among the fixed recipes measured (UniPC bh1 / bh2, data / noise form, order
       2 / 3, corrector, lower_order_final; logsnr / quadratic / karras / time grids, trailing or not, the
       grid's exponent and end point) this has the lowest error over the mixtures at 5-25 calls.
-      At <= 10 calls with the implicit first step (ifs=True, solvers/implicit_first_step.py): the first
-      step, from the start to lambda = -2.5, takes its model output from the second point, so all the
-      calls go to the vp-power grid from there; 0.73-0.84x the error without it at 4-10 calls
-      (geometric mean over seven oracle mixtures), but a floor at more calls (1.07x at 13, 1.17x at 15).
+      With the implicit first step (ifs=True, solvers/implicit_first_step.py): the first step, from the
+      start to lambda = -2.5 (-3.5 from 11 calls, -4.5 from 15), takes its model output from its end,
+      which is also the solver's first, so all the calls go to the vp-power grid from there; 0.73-0.85x
+      the error without it at 4-14 calls, 0.88-0.99x from 15 (geometric mean over seven oracle mixtures).
+      Only where the process starts at least 0.5 below that lambda (`ifs_reaches`): EDM, flow and
+      TrigFlow start at -4.38, so they take it up to 14 calls.
     - guided (classifier-free guidance at a scale other than 1, or classifier guidance): the guided
       ODE is stiffer and third-order multistep steps overshoot at few calls (UniPC-3 at CFG scale 7.5
       on the sharp mixture: RMSE 5.2 at 5 calls and 9.6 at 10, where DPM-Solver++(2M) gets 0.18 /
-      0.07), so DPM-Solver++(2M) up to 6 calls, UniPC-2 (bh2) up to 14, then UniPC-3.
+      0.07), so DPM-Solver++(2M) up to 6 calls, UniPC-2 (bh2) up to 14, then UniPC-3. No implicit
+      first step: under guidance it helps at 5-6 calls up to CFG 3 but hurts at 7.5 and from 8 calls
+      (benchmarks/solvers_ifs.py, part 4).
     """
     n = 10 if steps is None else steps
     if guided:
@@ -82,9 +85,10 @@ def default_solver(process: Process, steps: int | None = None, guided: bool = Fa
             return {"solver": "dpm++2m", "order": 2, "spacing": "vp-power"}
         if n <= 14:
             return {"solver": "unipc", "order": 2, "spacing": "vp-power"}
-    elif n <= 5:
+        return {"solver": "unipc", "order": 3, "spacing": "vp-power"}
+    if n <= 5:
         return {"solver": "unipc-bh1", "order": 3, "spacing": "vp-power", "ifs": True}
-    return {"solver": "unipc", "order": 3, "spacing": "vp-power", **({"ifs": True} if n <= IFS_MAX_CALLS else {})}
+    return {"solver": "unipc", "order": 3, "spacing": "vp-power", "ifs": True}
 
 
 def _is_guided(D) -> bool:
@@ -157,6 +161,7 @@ def sample(model, noise: Tensor, *, process=None, prediction: str = "eps", solve
            steps: int | None = None, order: int | None = None, spacing=None, end: str = "zero", t_start=None,
            t_end=None,
            rho: float = 7.0, cond: dict | None = None, uncond: dict | None = None, guidance_scale: float | None = None,
+           guidance_interval=None,
            classifier=None, classifier_scale: float = 1.0, class_labels=None, thresholding: str | None = None,
            threshold_ratio: float = 0.995, threshold_max: float = 1.0, sigma_data: float = 0.5,
            model_dtype: torch.dtype | None = None, scale_noise: bool = True, generator: torch.Generator | None = None,
@@ -174,18 +179,22 @@ def sample(model, noise: Tensor, *, process=None, prediction: str = "eps", solve
     end: "zero" (last step to sigma = 0, no extra call), "t_min" (stop at t_end), or "denoise"
     (stop at t_end and take one more call x0 = D(x, t_end), the official denoise_to_zero).
     Guidance: cond / uncond dicts with guidance_scale (CFG), or class_labels with
-    guidance_scale (uncond = the null class, index num_classes, given as `uncond`), or a
+    guidance_scale (uncond = the null class, index num_classes, given as `uncond`);
+    guidance_interval=(lo, hi): CFG only where sigma / alpha is in (lo, hi] (Kynkaanniemi et al. 2024),
+    the conditional model alone elsewhere (guidance.CFG); or a
     classifier(x, t, y) -> log p(y|x_t) with classifier_scale. thresholding: "static" | "dynamic".
     afs=True (solver option, any fixed-grid solver): the analytical first step (solvers/common.py
     `analytic_x0`) stands in for the first model call, which buys one more step at the same calls.
     ifs=True (the same): the implicit first step (solvers/implicit_first_step.py) takes the first step
     with the model output at its end, so that call is also the solver's first: one more step at the
-    same calls, with no assumption on the data. Part of the unguided default at <= 10 calls (when
-    neither solver nor spacing is given); ifs=False turns it off.
+    same calls, with no assumption on the data. Part of the unguided default (when neither solver nor
+    spacing is given); ifs=False turns it off.
     Returns the samples (and the model calls used when return_nfe=True).
     """
     D = _as_denoiser(model, process, prediction, sigma_data, model_dtype)
     proc = D.process
+    if guidance_interval is not None and guidance_scale is None:
+        raise ValueError("guidance_interval needs guidance_scale (classifier-free guidance)")
     if not isinstance(noise, Tensor) or noise.ndim < 1 or noise.shape[0] < 1:
         raise ValueError("noise must be a tensor shaped [batch, ...]")
     fitted = solver if isinstance(solver, FittedSolver) else None
@@ -229,7 +238,7 @@ def sample(model, noise: Tensor, *, process=None, prediction: str = "eps", solve
     if guidance_scale is not None:
         if uncond is None:
             raise ValueError("guidance_scale needs uncond= (e.g. {'class_labels': null labels})")
-        D = CFG(D, guidance_scale, cond, uncond)
+        D = CFG(D, guidance_scale, cond, uncond, guidance_interval)
         cond = {}
     if classifier is not None:
         if "class_labels" not in cond and class_labels is None:
@@ -252,7 +261,8 @@ def sample(model, noise: Tensor, *, process=None, prediction: str = "eps", solve
     common = dict(cond=cond, callback=callback)
     opts = {**spec.fixed, **solver_options}
     if solver is None and spacing is None and not ({"afs", "ifs"} & set(solver_options)):
-        opts["ifs"] = defaults.get("ifs", False)  # the default's implicit first step (unguided, <= 10 calls)
+        # the default's implicit first step (unguided), where the process starts noisy enough for it
+        opts["ifs"] = defaults.get("ifs", False) and ifs_reaches(proc, t0, t_end, ifs_lambda(steps))
     if order is not None and spec.default_order is not None:  # solvers with a choice of order take it
         opts["order"] = order
     if spec.fn in (ddim, sde_dpmpp_2m, edm_sampler) and "generator" not in opts:
@@ -278,7 +288,7 @@ def sample(model, noise: Tensor, *, process=None, prediction: str = "eps", solve
             n = (steps + 1 + afs) // 2 if grid_end == "zero" else max(1, (steps + afs) // 2)
         sp = spacing if spacing is not None else spec.spacing
         if ifs:  # the first step's model call is the solver's first output: the solver takes n steps after it
-            ts = ifs_grid(proc, n, sp, end=grid_end, t_start=t0, t_end=t_end, rho=rho)
+            ts = ifs_grid(proc, n, sp, end=grid_end, t_start=t0, t_end=t_end, rho=rho, lam_first=ifs_lambda(steps))
             x, x0_1 = implicit_first_step(D, x, ts[0], ts[1], cond)
             D_run, ts = FirstOutput(D, x0_1), ts[1:]
         else:

@@ -51,6 +51,9 @@ def add_sampling_arguments(p) -> None:
     p.add_argument("--spacing", default=None, help="step spacing: vp-power (default), logsnr, time, quadratic, karras, linspace, leading, trailing")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale for class-conditional models (1 = conditional)")
+    p.add_argument("--guidance-interval", default=None, metavar="LO,HI",
+                   help="apply --guidance only where the noise level sigma / alpha is in (LO, HI] (Kynkaanniemi "
+                        "et al. 2024), the conditional model elsewhere; e.g. 0.28,5.42")
     p.add_argument("--class", dest="label", type=int, default=None,
                    help="class label to sample (conditional models; default: labels spread over all classes)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and labels")
@@ -69,6 +72,14 @@ def sampling_options(args) -> dict:
     opts = {"solver": solver, "steps": args.steps, "order": args.order}
     if args.spacing:
         opts["spacing"] = args.spacing
+    interval = getattr(args, "guidance_interval", None)
+    if interval is not None:
+        try:
+            opts["guidance_interval"] = tuple(float(v) for v in interval.split(","))
+        except ValueError:
+            raise ValueError(f"--guidance-interval must be LO,HI (two numbers), got {interval!r}")
+        if args.guidance is None:
+            raise ValueError("--guidance-interval needs --guidance")
     return opts
 
 
@@ -101,6 +112,10 @@ def generate(D, n: int, *, seed: int = 0, label=None, guidance=None, batch_size:
     from ..progress import progress as bar
 
     student_w = _student_guidance(D, guidance)
+    interval = opts.pop("guidance_interval", None)
+    if interval is not None and student_w is not None:
+        raise ValueError("--guidance-interval applies to classifier-free guidance, not to a guidance-conditioned "
+                         "student (its --guidance is an input)")
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(n, *D.sample_shape, generator=g)
     labels = None
@@ -126,6 +141,8 @@ def generate(D, n: int, *, seed: int = 0, label=None, guidance=None, batch_size:
             if student_w is None and guidance is not None and guidance != 1.0:
                 kw["uncond"] = {"class_labels": torch.full_like(y, D.num_classes)}
                 kw["guidance_scale"] = guidance
+                if interval is not None:
+                    kw["guidance_interval"] = interval
         with torch.no_grad():
             x, nfe = sample(D, z, return_nfe=True, **kw)
         outs.append(x.float().cpu())

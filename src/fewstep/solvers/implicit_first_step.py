@@ -19,10 +19,11 @@ exponential Euler step from the guess x0 = 0 (exact when x0 is constant, as DDIM
 call is also the solver's first output at t_1, so the call at t_0 is saved and spent on one more step.
 On Gaussian data of mean 0.7 the step to lambda = -2.5 is as close to the exact ODE as the DDIM step
 with its own call at t_0 (tests/test_implicit_first_step.py). The analytical first step (afs, Zhou
-et al. 2024) saves the same call by assuming zero-mean Gaussian data; here the model supplies the mean. Evaluating at x~_1 instead of x_1 errs by the model's
-sensitivity to x at t_1 times alpha_1 (1 - e^-h) |x0|: small while alpha_1 is (~0.08 at -2.5), but a
-floor once the rest of the solve is accurate (from ~13 calls on the oracle mixtures), hence its use
-in the default only up to 10 calls.
+et al. 2024) saves the same call by assuming zero-mean Gaussian data; here the model supplies the
+mean. Evaluating at x~_1 instead of x_1 errs by the model's sensitivity to x at t_1 times
+alpha_1 (1 - e^-h) |x0|: small while alpha_1 is (~0.08 at -2.5), but a floor once the rest of the
+solve is accurate (from ~13 calls on the oracle mixtures, ending at -2.5), hence `ifs_lambda`: the
+step ends earlier as the calls grow.
 
 Measured on the exact-oracle mixtures: benchmarks/solvers.py (headline) and benchmarks/solvers_ifs.py.
 """
@@ -37,12 +38,22 @@ from torch import Tensor
 from ..spacing import make_grid
 from .common import Grid
 
-__all__ = ["implicit_first_step", "ifs_grid", "FirstOutput", "IFS_LAMBDA"]
+__all__ = ["implicit_first_step", "ifs_grid", "ifs_lambda", "ifs_reaches", "FirstOutput", "IFS_LAMBDA"]
 
-# lambda = log(alpha / sigma) at which the implicit first step ends by default (alpha ~ 0.08): the best
-# of -3.5..-1.5 in the geometric mean over seven oracle mixtures at 5-10 calls (benchmarks/solvers_ifs.py);
-# the solver's spacing places the remaining calls from there.
+# lambda = log(alpha / sigma) at which the implicit first step ends by default at <= 10 calls (alpha ~ 0.08):
+# the best of -3.5..-1.5 in the geometric mean over seven oracle mixtures at 5-10 calls
+# (benchmarks/solvers_ifs.py); the solver's spacing places the remaining calls from there.
 IFS_LAMBDA = -2.5
+
+
+def ifs_lambda(calls: int) -> float:
+    """Where the implicit first step ends for a solve of `calls` model calls: -2.5 up to 10 calls, -3.5
+    up to 14, -4.5 beyond. Its error (x0 taken at the predicted point, the model's sensitivity times
+    alpha_1 (1 - e^-h) |x0|) becomes a floor as the rest of the solve gets accurate; ending the step
+    earlier shrinks it with alpha_1 (0.08 / 0.03 / 0.011), and the gain fades smoothly with the calls
+    instead of stopping at a threshold, where the error would jump up by one call
+    (benchmarks/solvers_ifs.py, part 2)."""
+    return IFS_LAMBDA if calls <= 10 else -3.5 if calls <= 14 else -4.5
 
 
 class FirstOutput:
@@ -77,14 +88,24 @@ def implicit_first_step(denoiser, x: Tensor, t0, t1, cond: dict | None = None) -
     return x_pred - g.alpha[1] * math.expm1(-h) * x0, x0
 
 
+def ifs_reaches(process, t_start=None, t_end=None, lam_first: float = IFS_LAMBDA) -> bool:
+    """Whether a solve from t_start to t_end has room for the implicit step to end at lam_first: the
+    process starts at least 0.5 below it in lambda, and it lies at least 1.0 before the end."""
+    t0 = float(process.t_max if t_start is None else t_start)
+    t1 = float(process.t_min if t_end is None else t_end)
+    lam0, lam1 = (float(v) for v in process.lambda_(torch.tensor([t0, t1], dtype=torch.float64)))
+    return lam0 < lam_first - 0.5 and lam_first < lam1 - 1.0
+
+
 def ifs_grid(process, n: int, spacing, *, end: str = "zero", t_start=None, t_end=None, rho: float = 7.0,
-             lam_first: float = IFS_LAMBDA) -> torch.Tensor:
+             lam_first: float | None = None) -> torch.Tensor:
     """The grid of an implicit first step followed by `n` solver steps (n + 2 times).
 
     A list of times is used as given (its first interval is the implicit step). For a spacing name the
-    implicit step goes from t_start to lambda = lam_first and the spacing's grid of n steps follows from
-    there; where the process starts less than 0.5 below lam_first in lambda (or lam_first is past the
-    grid's end) the spacing's own grid of n + 1 steps is used, its first step being the implicit one.
+    implicit step goes from t_start to lambda = lam_first (default `ifs_lambda(n)`; `sample` passes
+    ifs_lambda of its model calls) and the spacing's grid of n steps follows from there; where there
+    is no room for it (`ifs_reaches`) the spacing's own grid of n + 1 steps is used, its first step
+    being the implicit one.
     """
     if not isinstance(spacing, str):
         ts = make_grid(process, n + 1, spacing)
@@ -92,10 +113,9 @@ def ifs_grid(process, n: int, spacing, *, end: str = "zero", t_start=None, t_end
             raise ValueError("the implicit first step (ifs) needs a grid of at least 3 times")
         return ts
     f64 = torch.float64
+    lam_first = ifs_lambda(n) if lam_first is None else float(lam_first)
     t0 = float(process.t_max if t_start is None else t_start)
-    t_stop = float(process.t_min if t_end is None else t_end)
-    lam0, lam_stop = (float(v) for v in process.lambda_(torch.tensor([t0, t_stop], dtype=f64)))
-    if lam0 < lam_first - 0.5 and lam_first < lam_stop - 1.0:
+    if ifs_reaches(process, t0, t_end, lam_first):
         t1 = float(process.t_of_lambda(torch.tensor(lam_first, dtype=f64)))
         rest = make_grid(process, n, spacing, end=end, t_start=t1, t_end=t_end, rho=rho)
         return torch.cat([torch.tensor([t0], dtype=f64), rest])
