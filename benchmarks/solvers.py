@@ -534,7 +534,8 @@ def _solver_overhead(shape, reps: int) -> dict:
             standin(noise, None)
         call_s = (time.perf_counter() - t0) / 100
     cases = [("ddim", None), ("dpm-solver", 3), ("dpm-solver-singlestep", 3), ("dpm++2m", 2), ("dpm++3m", 3),
-             ("dpm++2s", 2), ("unipc", 2), ("unipc", 3), ("unipc-bh1", 3), ("heun", None)]
+             ("dpm++2s", 2), ("unipc", 2), ("unipc", 3), ("unipc-bh1", 3), ("heun", None),
+             (None, None)]  # sample()'s default: unipc-3 with the implicit first step
     nfe = 10
     with torch.inference_mode():  # warm-up of the whole path (allocator, first-call costs)
         for _ in range(2):
@@ -548,7 +549,8 @@ def _solver_overhead(shape, reps: int) -> dict:
                                  return_nfe=True)
                 ts.append(time.perf_counter() - t0)
         total = min(ts[1:])
-        res[f"{solver}" + (f"-{order}" if order and solver not in ("dpm++2m", "dpm++3m", "dpm++2s") else "")] = {
+        key = "default (unipc-3 + ifs)" if solver is None else solver
+        res[key + (f"-{order}" if order and solver not in ("dpm++2m", "dpm++3m", "dpm++2s") else "")] = {
             "nfe": used, "total_s": total, "per_step_s": (total - used * call_s) / used}
     return res
 
@@ -568,6 +570,17 @@ def md_table(headers, rows) -> list[str]:
     lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
     return lines
+
+
+def write_md(out: str, name: str, lines: list) -> str:
+    """Print the report `lines` and write them to out/name (the folder is created); returns the path."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
 
 
 def monotone(vals: list) -> bool:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from solvers import HELD_OUT, MIX_SEED, MIXTURES, NOISE_SEED, Problem  # noqa: E402
+from solvers import HELD_OUT, MIX_SEED, MIXTURES, NOISE_SEED, Problem, write_md  # noqa: E402
 
 from fewstep import sample  # noqa: E402
 from fewstep.processes import VPDiscrete  # noqa: E402
@@ -74,12 +74,7 @@ def main(argv=None):
         centred = [name for name in names if "mean" not in name]
         geo = [math.exp(np.mean([math.log(ratios[(label, m, n)]) for m in centred])) for n in NFES]
         lines += ["| geometric mean (centred mixtures) | " + " | ".join(f"{v:.2f}" for v in geo) + " |", ""]
-    text = "\n".join(lines)
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "solvers_afs.md")
-    with open(path, "w") as f:
-        f.write(text + "\n")
+    path = write_md(args.out, "solvers_afs.md", lines)
     print(f"wrote {path} ({time.time() - t0:.0f}s)")
 
 

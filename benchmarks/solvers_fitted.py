@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from solvers import (MIX_SEED, MIXTURES, NOISE_SEED, TRAIN_SEED, Problem, bootstrap_ratio,  # noqa: E402
-                     diffusers_cases, md_table, plot_rmse, run_diffusers)
+                     diffusers_cases, md_table, plot_rmse, run_diffusers, write_md)
 
 from fewstep import fit_solver, sample  # noqa: E402
 from fewstep.processes import VPDiscrete  # noqa: E402
@@ -62,13 +62,6 @@ def _head(title: str, args, i: int, t0: float, setting: str, cells: str) -> list
            f"{args.calibration} --nfe {args.nfe} --max-iter {args.max_iter}")
     return [f"# {title} (benchmarks/solvers_fitted.py --part {args.part})", "", _paragraph(i), "",
             f"{setting}; command: `{cmd}` ({time.time() - t0:.0f} s on one core). Cells: {cells}", ""]
-
-
-def _write(out: str, name: str, lines: list) -> None:
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(os.path.join(out, name), "w") as f:
-        f.write(text)
 
 
 def main(argv=None):
@@ -152,7 +145,7 @@ def main(argv=None):
     lines += ["", "## The fits", "", "RMSE to the model's own 100-call end points, before -> after, on the "
               "calibration part and the held-out part; fitted model-call lambdas.", ""]
     lines += md_table(["mixture", "NFE", "train", "held out", "best iteration", "seconds", "lambdas"], fits)
-    _write(args.out, "solvers_fitted.md", lines)
+    write_md(args.out, "solvers_fitted.md", lines)
     plot_rmse(os.path.join(args.out, "solvers_fitted.png"), series, nfes, "fitted solvers vs default vs diffusers")
     print(f"wrote {args.out} ({time.time() - t0:.0f}s)")
 
@@ -190,7 +183,7 @@ def guided(args):
                   f"(seed {TRAIN_SEED}), {args.max_iter} L-BFGS iterations", "RMSE to the guided ODE's end point.")
     lines += md_table(["mixture", "CFG scale", "NFE", "fitted", "fewstep guided default", "best diffusers",
                        "fitted / diffusers", "default / diffusers", "fit s"], rows)
-    _write(args.out, "solvers_fitted_guided.md", lines)
+    write_md(args.out, "solvers_fitted_guided.md", lines)
 
 
 class Family:
@@ -251,7 +244,7 @@ def family(args):
                        "best diffusers: family fit / it, default / it"], rows)
     lines += ["", "The fits (RMSE to the exact end points of the 16 training mixtures, before -> after):", ""]
     lines += md_table(["NFE", "train", "held out", "best iteration", "seconds"], fits)
-    _write(args.out, "solvers_fitted_family.md", lines)
+    write_md(args.out, "solvers_fitted_family.md", lines)
 
 
 def trained_model(args):
@@ -292,7 +285,7 @@ def trained_model(args):
              f"benchmarks/solvers_fitted.py --part model --model {args.model} --model-nfe {args.model_nfe} "
              f"--model-max-iter {args.model_max_iter}` ({time.time() - t0:.0f} s on one core).", ""]
     lines += md_table(["solver", "model calls", "FD (3 seeds) [min, max]", "FD / teacher at 20 calls", "fit"], rows)
-    _write(args.out, f"solvers_fitted_{dataset}.md", lines)
+    write_md(args.out, f"solvers_fitted_{dataset}.md", lines)
 
 
 if __name__ == "__main__":

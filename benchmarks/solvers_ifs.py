@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from solvers import MIX_SEED, MIXTURES, NOISE_SEED, Problem, md_table  # noqa: E402
+from solvers import MIX_SEED, MIXTURES, NOISE_SEED, Problem, md_table, write_md  # noqa: E402
 from solvers_afs import oracles  # noqa: E402
 from solvers_guided import NUM_CLASSES, Guided  # noqa: E402
 
@@ -92,11 +92,7 @@ def digits(out: str) -> None:
              f"and without the implicit first step. Teacher with DPM-Solver++(2M) at 20 calls: {ref}. "
              f"({time.time() - t0:.0f} s on one core.)", ""]
     lines += md_table(["model calls", "default (with ifs)", "default without ifs"], rows)
-    text = "\n".join(lines)
-    print(text)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "solvers_ifs_digits.md"), "w") as f:
-        f.write(text + "\n")
+    write_md(out, "solvers_ifs_digits.md", lines)
 
 
 def main(argv=None):
@@ -195,12 +191,7 @@ def main(argv=None):
               "guided ODE's 1000-step end point.", ""]
     lines += md_table(["mixture", "CFG scale"] + [f"NFE {n}" for n in SMALL_NFES], rows) + [""]
 
-    text = "\n".join(lines)
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "solvers_ifs.md")
-    with open(path, "w") as f:
-        f.write(text + "\n")
+    path = write_md(args.out, "solvers_ifs.md", lines)
     plt = pyplot()
     if plt is not None:
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -212,7 +203,8 @@ def main(argv=None):
             ax.axvline(n, color="r", ls=":", lw=1)
         ax.set_xlabel("model calls (NFE)")
         ax.set_ylabel("RMSE with ifs / without")
-        ax.set_title("implicit first step (ends at lambda -2.5 / -3.5 / -4.5, dotted): RMSE ratio to without")
+        ax.set_title("implicit first step: RMSE ratio to the same solver without it\n(its step ends at "
+                     "lambda = -2.5 / -3.5 / -4.5, switching at the dotted lines)", fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
