@@ -346,6 +346,52 @@ def test_generate_feeds_the_guidance_scale_to_a_guidance_conditioned_student():
         generate(D, 2, guidance=3.0, progress=False, solver="consistency", steps=1)
 
 
+def test_a_guidance_conditioned_student_takes_one_scale_per_step():
+    """guidance=(w1, w2) (`--guidance 1.0,1.5`) gives the student w1 at its first step and w2 at its
+    second: the samples of sample(..., step_cond={"guidance": [w1, w2]}), equal to the constant scale
+    when w1 = w2 and different otherwise; a schedule of the wrong length, or for a CFG model, is refused."""
+    from fewstep.commands.common import generate, guidance_arg
+
+    student = build_student("mlp-tiny", 0.5, guidance=True, num_classes=2)
+    _randomize(student, seed=5)
+    D = wrap(student.eval(), TrigFlow(sigma_data=0.5), "trigflow", sigma_data=0.5)
+    D.sample_shape, D.num_classes, D.method = (2,), 2, "scd"
+    D.config = {"scm_args": {"guidance_range": [1.0, 2.0]}}
+    assert guidance_arg("1.5") == 1.5 and guidance_arg("1.0,1.5") == (1.0, 1.5)
+    x, labels, nfe, _ = generate(D, 6, guidance=guidance_arg("1.0,1.5"), seed=3, progress=False,
+                                 solver="consistency", steps=2)
+    noise = torch.randn(6, 2, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = sample(D, noise, solver="consistency", steps=2, class_labels=labels,
+                     step_cond={"guidance": [1.0, 1.5]}, generator=torch.Generator().manual_seed(4))
+        # by hand: the first step at w = 1.0, the re-noised second at w = 1.5
+        t_max, t_mid = float(D.process.t_max), 1.1
+        x0 = D(noise * D.process.prior_std(t_max), torch.tensor(t_max, dtype=torch.float64), class_labels=labels,
+               guidance=1.0)
+        z = torch.randn(6, 2, generator=torch.Generator().manual_seed(4))
+        a, s = (float(v) for v in D.process.alpha_sigma(torch.tensor(t_mid, dtype=torch.float64)))
+        by_hand = D(a * x0 + s * z, torch.tensor(t_mid, dtype=torch.float64), class_labels=labels, guidance=1.5)
+    torch.testing.assert_close(x, ref)
+    torch.testing.assert_close(ref, by_hand.float())
+    assert nfe == 2
+    same, *_ = generate(D, 6, guidance=(1.5, 1.5), seed=3, progress=False, solver="consistency", steps=2)
+    const, *_ = generate(D, 6, guidance=1.5, seed=3, progress=False, solver="consistency", steps=2)
+    torch.testing.assert_close(same, const)
+    assert not torch.allclose(x, const)
+    with pytest.raises(ValueError, match="one value per step"):
+        generate(D, 2, guidance=(1.0, 1.5, 1.2), progress=False, solver="consistency", steps=2)
+    with pytest.raises(ValueError, match="both in cond and in step_cond"):
+        sample(D, noise, solver="consistency", steps=2, class_labels=labels, cond={"guidance": 1.0},
+               step_cond={"guidance": [1.0, 1.5]})
+    with pytest.warns(UserWarning, match="outside the range"):
+        generate(D, 2, guidance=(1.0, 2.5), progress=False, solver="consistency", steps=2)
+    teacher = wrap(build_student("mlp-tiny", 0.5, num_classes=2).eval(), TrigFlow(sigma_data=0.5), "trigflow",
+                   sigma_data=0.5)
+    teacher.sample_shape, teacher.num_classes = (2,), 2
+    with pytest.raises(ValueError, match="one guidance scale per step"):
+        generate(teacher, 2, guidance=(1.0, 1.5), progress=False, steps=2)
+
+
 # ------------------------------------------------------------------------------------------ sampling
 
 

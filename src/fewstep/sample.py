@@ -102,9 +102,11 @@ def _is_guided(D) -> bool:
 
 
 def _consistency(D, noise, steps, spacing, cond, class_labels, guidance_scale, order, end, generator, callback,
-                 progress, return_nfe, scale_noise, t_mid: float | None = None, t_max: float | None = None):
+                 progress, return_nfe, scale_noise, t_mid: float | None = None, t_max: float | None = None,
+                 step_cond: dict | None = None):
     """solver="consistency": 1-step / 2-step / multistep consistency sampling (distill/sampling.py) of a
-    consistency model's denoiser; `spacing` may be a list of TrigFlow times [t_max, t_1, ...]."""
+    consistency model's denoiser; `spacing` may be a list of TrigFlow times [t_max, t_1, ...];
+    step_cond: per-step model inputs ({"guidance": [w_1, w_2]} for a guidance-conditioned student)."""
     from .distill.sampling import DEFAULT_T_MID, consistency, consistency_times, custom_times
 
     if not isinstance(steps, int) or steps < 1:
@@ -128,7 +130,8 @@ def _consistency(D, noise, steps, spacing, cond, class_labels, guidance_scale, o
     if class_labels is not None:
         cond["class_labels"] = class_labels
     x = noise * (proc.prior_std(float(ts[0])) if scale_noise else 1.0)
-    out = consistency(D, x, ts, generator=generator, cond=cond, callback=callback, progress=progress)
+    out = consistency(D, x, ts, generator=generator, cond=cond, step_cond=step_cond, callback=callback,
+                      progress=progress)
     nfe = ts.numel() - 1
     return (out, nfe) if return_nfe else out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 import warnings
@@ -49,8 +50,9 @@ def add_sampling_arguments(p) -> None:
                                                            "fitted solver's)")
     p.add_argument("--order", type=int, default=None, help="solver order (default: the solver's)")
     p.add_argument("--spacing", default=None, help="step spacing: vp-power (default), logsnr, time, quadratic, karras, linspace, leading, trailing")
-    p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale for class-conditional models (1 = conditional)")
+    p.add_argument("--guidance", type=guidance_arg, default=None,
+                   help="classifier-free guidance scale for class-conditional models (1 = conditional); for a "
+                        "guidance-conditioned consistency student its input, or one per step: W1,W2,...")
     p.add_argument("--guidance-interval", default=None, metavar="LO,HI",
                    help="apply --guidance only where the noise level sigma / alpha is in (LO, HI] (Kynkaanniemi "
                         "et al. 2024), the conditional model elsewhere; e.g. 0.28,5.42")
@@ -59,6 +61,15 @@ def add_sampling_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and labels")
     p.add_argument("--batch-size", type=int, default=256, help="samples per solver call")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
+def guidance_arg(text: str):
+    """--guidance: a scale W, or W1,W2,... (one per step, for guidance-conditioned students)."""
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or numbers separated by commas, got {text!r}")
+    return vals[0] if len(vals) == 1 else vals
 
 
 def sampling_options(args) -> dict:
@@ -89,19 +100,25 @@ def guidance_conditioned(D) -> bool:
     return bool(getattr(getattr(D, "model", None), "guided", False))
 
 
-def _student_guidance(D, guidance) -> float | None:
+def _student_guidance(D, guidance):
     """The guidance input of a guidance-conditioned consistency model (None for any other model, whose
-    guidance is CFG): required, and warned about outside the scm_args.guidance_range it was trained on."""
+    guidance is CFG): a scale, or a tuple of one scale per step; required, and warned about outside
+    the scm_args.guidance_range it was trained on."""
+    per_step = isinstance(guidance, (tuple, list))
     if not guidance_conditioned(D):
+        if per_step:
+            raise ValueError("one guidance scale per step (W1,W2,...) is for guidance-conditioned consistency "
+                             "students; classifier-free guidance takes one scale")
         return None
     if guidance is None:
         raise ValueError("this consistency model is guidance-conditioned: give the CFG scale it should "
                          "imitate (--guidance / guidance=)")
     lo_hi = ((getattr(D, "config", None) or {}).get("scm_args") or {}).get("guidance_range")
-    if lo_hi and not (lo_hi[0] <= guidance <= lo_hi[1]):
-        warnings.warn(f"guidance {guidance:g} lies outside the range this student was distilled on "
-                      f"[{lo_hi[0]:g}, {lo_hi[1]:g}]", stacklevel=3)
-    return float(guidance)
+    for w in (guidance if per_step else [guidance]):
+        if lo_hi and not (lo_hi[0] <= w <= lo_hi[1]):
+            warnings.warn(f"guidance {w:g} lies outside the range this student was distilled on "
+                          f"[{lo_hi[0]:g}, {lo_hi[1]:g}]", stacklevel=3)
+    return tuple(float(w) for w in guidance) if per_step else float(guidance)
 
 
 def generate(D, n: int, *, seed: int = 0, label=None, guidance=None, batch_size: int = 256, device="cpu",
@@ -133,7 +150,9 @@ def generate(D, n: int, *, seed: int = 0, label=None, guidance=None, batch_size:
                  enabled=progress):
         z = noise[i:i + batch_size].to(device)
         kw = dict(opts)
-        if student_w is not None:
+        if isinstance(student_w, tuple):  # one scale per step
+            kw["step_cond"] = {**kw.get("step_cond", {}), "guidance": list(student_w)}
+        elif student_w is not None:
             kw["cond"] = {**kw.get("cond", {}), "guidance": student_w}
         if labels is not None:
             y = labels[i:i + batch_size].to(device)

@@ -72,11 +72,14 @@ def custom_times(times, process: Process, sigma_data: float = 0.5) -> Tensor:
 
 
 def consistency(denoiser, x: Tensor, ts, *, generator: torch.Generator | None = None, cond: dict | None = None,
-                callback=None, progress: bool = False) -> Tensor:
+                step_cond: dict | None = None, callback=None, progress: bool = False) -> Tensor:
     """Multistep consistency sampling from x at ts[0] over the decreasing grid ts (one call per step).
 
     Returns the estimate at ts[-1]: x0 when ts[-1] = 0 (the usual case), else the re-noised state.
     Noise z_i ~ N(0, I) is drawn on the CPU from `generator` (reproducible across devices).
+    step_cond: model inputs that change with the step, {key: [value at step 0, step 1, ...]} with one
+    value per step, e.g. {"guidance": [1.0, 1.3]}: a guidance-conditioned student without guidance at
+    the first step (from pure noise) and with it at the second.
     """
     from ..progress import progress as _progress
 
@@ -86,8 +89,14 @@ def consistency(denoiser, x: Tensor, ts, *, generator: torch.Generator | None = 
         raise ValueError("the time grid must hold at least 2 strictly decreasing times")
     cond = dict(cond or {})
     n = ts.numel() - 1
+    step_cond = dict(step_cond or {})
+    for key, vals in step_cond.items():
+        if isinstance(vals, (str, bytes)) or not hasattr(vals, "__len__") or len(vals) != n:
+            raise ValueError(f"step_cond[{key!r}] must hold one value per step ({n}), got {vals!r}")
+        if key in cond:
+            raise ValueError(f"{key!r} is given both in cond and in step_cond")
     for i in _progress(range(n), total=n, desc="consistency", enabled=progress):
-        x0 = denoiser(x, ts[i], **cond).to(x.dtype)
+        x0 = denoiser(x, ts[i], **cond, **{k: v[i] for k, v in step_cond.items()}).to(x.dtype)
         if callback is not None:
             callback(i, ts[i], x, x0)
         a, s = process.alpha_sigma(ts[i + 1])
