@@ -52,12 +52,14 @@ def check_interval(interval) -> tuple | None:
 
 def _guided(process, t: Tensor, interval) -> Tensor | bool:
     """Where guidance applies at time(s) t: True without an interval, else sigma / alpha in (lo, hi]
-    (a bool for a scalar t, a [B] mask for per-sample times)."""
+    (a bool when all the times agree, else a [B] mask for per-sample times)."""
     if interval is None:
         return True
     s = torch.exp(-process.lambda_(t))
     inside = (s > interval[0]) & (s <= interval[1])
-    return bool(inside) if inside.ndim == 0 else inside
+    if bool(inside.all()) or not bool(inside.any()):
+        return bool(inside.all())
+    return inside
 
 
 def _cat(a, b):

@@ -190,8 +190,8 @@ def sample(model, noise: Tensor, *, process=None, prediction: str = "eps", solve
     `analytic_x0`) stands in for the first model call, which buys one more step at the same calls.
     ifs=True (the same): the implicit first step (solvers/implicit_first_step.py) takes the first step
     with the model output at its end, so that call is also the solver's first: one more step at the
-    same calls, with no assumption on the data. Part of the unguided default (when neither solver nor
-    spacing is given); ifs=False turns it off.
+    same calls, with no assumption on the data (a callback then starts at the step's end). Part of the
+    unguided default (when neither solver nor spacing is given); ifs=False turns it off.
     Returns the samples (and the model calls used when return_nfe=True).
     """
     D = _as_denoiser(model, process, prediction, sigma_data, model_dtype)
