@@ -73,6 +73,8 @@ class FirstOutput:
         return self.inner(x, t, **kw)
 
     def __getattr__(self, key):
+        if key == "inner":  # not set yet (e.g. while copying): no recursion
+            raise AttributeError(key)
         return getattr(self.inner, key)
 
 
