@@ -572,6 +572,11 @@ def md_table(headers, rows) -> list[str]:
     return lines
 
 
+def geomean(vals) -> float:
+    """Geometric mean of positive numbers (of RMSE ratios, over mixtures)."""
+    return math.exp(float(np.mean([math.log(v) for v in vals])))
+
+
 def write_md(out: str, name: str, lines: list) -> str:
     """Print the report `lines` and write them to out/name (the folder is created); returns the path."""
     text = "\n".join(lines) + "\n"

@@ -14,16 +14,14 @@ first step (ifs=False: the default when afs was measured), of: the default + afs
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from solvers import HELD_OUT, MIX_SEED, MIXTURES, NOISE_SEED, Problem, write_md  # noqa: E402
+from solvers import HELD_OUT, MIX_SEED, MIXTURES, NOISE_SEED, Problem, geomean, write_md  # noqa: E402
 
 from fewstep import sample  # noqa: E402
 from fewstep.processes import VPDiscrete  # noqa: E402
@@ -72,7 +70,7 @@ def main(argv=None):
         for name in names:
             lines.append(f"| {name} | " + " | ".join(f"{ratios[(label, name, n)]:.2f}" for n in NFES) + " |")
         centred = [name for name in names if "mean" not in name]
-        geo = [math.exp(np.mean([math.log(ratios[(label, m, n)]) for m in centred])) for n in NFES]
+        geo = [geomean([ratios[(label, m, n)] for m in centred]) for n in NFES]
         lines += ["| geometric mean (centred mixtures) | " + " | ".join(f"{v:.2f}" for v in geo) + " |", ""]
     path = write_md(args.out, "solvers_afs.md", lines)
     print(f"wrote {path} ({time.time() - t0:.0f}s)")

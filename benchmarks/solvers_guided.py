@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from solvers import MIX_SEED, MIXTURES, NOISE_SEED, drive_diffusers, md_table, plot_rmse  # noqa: E402
+from solvers import MIX_SEED, MIXTURES, NOISE_SEED, drive_diffusers, md_table, plot_rmse, write_md  # noqa: E402
 
 from fewstep import sample  # noqa: E402
 from fewstep.processes import VPDiscrete  # noqa: E402
@@ -141,11 +141,7 @@ def main(argv=None):
                 vals.append(math.exp(np.mean([math.log(min(v, 1e6)) for v in r])))
             rows.append([lab] + [f"{v:.2f}" for v in vals])
         lines += md_table(["setting"] + [f"NFE {n}" for n in NFES], rows) + [""]
-    text = "\n".join(lines)
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "solvers_guided.md"), "w") as f:
-        f.write(text + "\n")
+    write_md(args.out, "solvers_guided.md", lines)
     series = {f"{mix}, CFG {scale}": {lab: (res[(mix, scale, lab)], {"ls": "-" if lab in dict(FEWSTEP) else "--"})
                                       for lab in labels}
               for mix in MIXTURES for scale in (3.0, 7.5)}

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from solvers import NOISE_SEED, Problem, md_table  # noqa: E402
+from solvers import NOISE_SEED, Problem, geomean, md_table, write_md  # noqa: E402
 from solvers_afs import oracles  # noqa: E402
 
 from fewstep import sample  # noqa: E402
@@ -131,15 +131,10 @@ def main(argv=None):
              f"`python benchmarks/solvers_ideas.py --samples {args.samples}`", ""]
     for label in ideas:
         rows = [[name] + [f"{ratios[(label, name, n)]:.2f}" for n in NFES] for name in mixtures]
-        rows.append(["geometric mean"] + [f"{math.exp(np.mean([math.log(ratios[(label, m, n)]) for m in mixtures])):.2f}"
-                                          for n in NFES])
+        rows.append(["geometric mean"] + [f"{geomean([ratios[(label, m, n)] for m in mixtures]):.2f}" for n in NFES])
         lines += [f"## {label}", ""] + md_table(["mixture"] + [f"NFE {n}" for n in NFES], rows) + [""]
-    text = "\n".join(lines)
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "solvers_ideas.md"), "w") as f:
-        f.write(text + "\n")
-    print(f"wrote {args.out}/solvers_ideas.md ({time.time() - t0:.0f}s)")
+    path = write_md(args.out, "solvers_ideas.md", lines)
+    print(f"wrote {path} ({time.time() - t0:.0f}s)")
 
 
 if __name__ == "__main__":

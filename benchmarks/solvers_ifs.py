@@ -20,16 +20,14 @@ better), on the benchmark's two mixtures, its held-out ones and the sharp one sh
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from solvers import MIX_SEED, MIXTURES, NOISE_SEED, Problem, md_table, write_md  # noqa: E402
+from solvers import MIX_SEED, MIXTURES, NOISE_SEED, Problem, geomean, md_table, write_md  # noqa: E402
 from solvers_afs import oracles  # noqa: E402
 from solvers_guided import NUM_CLASSES, Guided  # noqa: E402
 
@@ -46,10 +44,6 @@ LAMBDAS = (-4.5, -4.0, -3.5, -3.0, -2.5, -2.0, -1.5)
 SMALL_NFES = (5, 6, 8, 10)
 PROCESS_NFES = (5, 6, 8, 10, 15, 20, 25)
 GUIDANCE = (1.5, 3.0, 7.5)
-
-
-def geo(vals) -> float:
-    return math.exp(float(np.mean([math.log(v) for v in vals])))
 
 
 def solver_of(p, nfe: int) -> dict:
@@ -133,7 +127,7 @@ def main(argv=None):
             rises[(name, ifs)] = [f"{n}->{n + 1} ({b / a:.2f}x)" for n, a, b in zip(NFES, e, e[1:]) if b >= a]
         print(f"[calls: {name} {time.time() - t0:.0f}s]", flush=True)
     rows = [[name] + [f"{ratios[(name, n)]:.2f}" for n in NFES] for name in names]
-    rows.append(["geometric mean"] + [f"**{geo([ratios[(m, n)] for m in names]):.2f}**" for n in NFES])
+    rows.append(["geometric mean"] + [f"**{geomean([ratios[(m, n)] for m in names]):.2f}**" for n in NFES])
     rows.append(["max"] + [f"{max(ratios[(m, n)] for m in names):.2f}" for n in NFES])
     lines += ["## 1. Against the number of model calls (the default's ifs, ending at ifs_lambda(calls))", ""]
     lines += md_table(["mixture"] + [f"{n}" for n in NFES], rows) + [""]
@@ -153,7 +147,7 @@ def main(argv=None):
             s = solver_of(p, nfe)
             r = [rmse(pb, p, nfe, ifs=True, spacing=ifs_grid(p, nfe, "vp-power", lam_first=lam), **s)
                  / plain[(name, nfe)] for name, pb in problems.items()]
-            cells.append(f"{geo(r):.2f} ({max(r):.2f})")
+            cells.append(f"{geomean(r):.2f} ({max(r):.2f})")
         rows.append([f"{lam}"] + cells)
         print(f"[lambda_1 {lam}: {time.time() - t0:.0f}s]", flush=True)
     lines += md_table(["lambda_1"] + [f"NFE {n}" for n in SWEEP_NFES], rows) + [""]
@@ -198,7 +192,7 @@ def main(argv=None):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name in names:
             ax.plot(NFES, [ratios[(name, n)] for n in NFES], marker="o", ms=3, lw=1, alpha=0.7, label=name)
-        ax.plot(NFES, [geo([ratios[(m, n)] for m in names]) for n in NFES], color="k", lw=2.5, label="geometric mean")
+        ax.plot(NFES, [geomean([ratios[(m, n)] for m in names]) for n in NFES], color="k", lw=2.5, label="geometric mean")
         ax.axhline(1.0, color="gray", ls="--", lw=1)
         for n in (10.5, 14.5):
             ax.axvline(n, color="r", ls=":", lw=1)
