@@ -1,10 +1,12 @@
-"""Reduce a training checkpoint to its EMA weights and ship it inside the package.
+"""Reduce a training checkpoint to a model file (its EMA weights) and ship it inside the package.
 
     python scripts/ship_model.py runs/digits-teacher digits-teacher
     python scripts/ship_model.py runs/digits-scd digits-scd --teacher-name digits-teacher
+    python scripts/ship_model.py runs/fashion-teacher32/checkpoints/ckpt-00005000.json fashion-teacher --dtype float16
 
 writes src/fewstep/assets/models/<name>.safetensors (EMA weights) and <name>.json (training and
-model config), loadable with fewstep.pretrained.load_denoiser(name) and `fewstep sample <name>`.
+model config), loadable with fewstep.pretrained.load_denoiser(name) and `fewstep sample <name>`
+(`fewstep export` with a path instead of a name; see fewstep.export).
 """
 
 from __future__ import annotations
@@ -12,10 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from safetensors.torch import save_file
-
-from fewstep.pretrained import SHIPPED_DIR
-from fewstep.training.checkpoint import load_checkpoint
+from fewstep.export import DTYPES, export_model
+from fewstep.pretrained import SHIPPED_DIR, load_denoiser
 
 
 def main():
@@ -24,19 +24,13 @@ def main():
     ap.add_argument("name", help="shipped model name")
     ap.add_argument("--teacher-name", default=None,
                     help="for a distilled student: the shipped name of its teacher, recorded in its config")
+    ap.add_argument("--dtype", default="float32", choices=list(DTYPES), help="storage precision of the weights")
     args = ap.parse_args()
-    meta, tensors = load_checkpoint(args.checkpoint)
-    ema = {k[len("ema."):]: v.contiguous() for k, v in tensors.items() if k.startswith("ema.")}
-    SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
-    save_file(ema, str(SHIPPED_DIR / f"{args.name}.safetensors"))
-    keep = {k: meta[k] for k in ("config", "model_config", "num_classes", "step", "images_seen", "student")
-            if k in meta}
-    if args.teacher_name:
-        keep["config"] = {**keep["config"], "teacher": args.teacher_name}
-    keep["config"] = {**keep["config"], "out": None}
-    (SHIPPED_DIR / f"{args.name}.json").write_text(json.dumps({**keep, "format": "fewstep-model-1"}, indent=1))
-    size = (SHIPPED_DIR / f"{args.name}.safetensors").stat().st_size
-    print(f"shipped {args.name}: step {meta['step']}, {size / 1e6:.1f} MB -> {SHIPPED_DIR}")
+    path = export_model(args.checkpoint, SHIPPED_DIR / args.name, dtype=args.dtype, teacher=args.teacher_name)
+    load_denoiser(args.name)  # loads as shipped
+    size = path.with_suffix(".safetensors").stat().st_size
+    step = json.loads(path.read_text()).get("step")
+    print(f"shipped {args.name}: step {step}, {size / 1e6:.1f} MB ({args.dtype}) -> {SHIPPED_DIR}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The `fewstep` command line: demo, train, distill, sample, fit-solver, eval, bench, solvers, models."""
+"""The `fewstep` command line: demo, train, distill, sample, fit-solver, eval, bench, export, solvers, models."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("solvers", help="list the solvers")
     s.set_defaults(fn=_solvers)
-    from .commands import bench, demo, evaluate, fit_solver, sample
+    from .commands import bench, demo, evaluate, export, fit_solver, sample
     from .training.cli import add_distill_parser, add_train_parser
 
     demo.add_parser(sub)
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit_solver.add_parser(sub)
     evaluate.add_parser(sub)
     bench.add_parser(sub)
+    export.add_parser(sub)
     m = sub.add_parser("models", help="list the models shipped in the package")
     m.set_defaults(fn=_models)
     return p

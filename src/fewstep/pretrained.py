@@ -1,12 +1,14 @@
-"""Load trained models as denoisers: from a training checkpoint, a run directory, or a shipped name.
+"""Load trained models as denoisers: from a training checkpoint, a run directory, a model file or a shipped name.
 
     D = load_denoiser("runs/digits-teacher")      # latest checkpoint of a run, EMA weights
     D = load_denoiser("digits-teacher")           # shipped in the package (assets/models/)
+    D = load_denoiser("models/teacher.json")      # a model file written by `fewstep export`
     S = load_denoiser("digits-scd")               # a consistency student: sample(S, z, solver="consistency", steps=2)
     x = fewstep.sample(D, torch.randn(16, *D.sample_shape), steps=10)
 
-Shipped models are training checkpoints reduced to the EMA weights (safetensors) and their JSON
-config, written by `scripts/ship_model.py`.
+Shipped models are model files (`fewstep.export`: a training checkpoint reduced to its EMA weights and
+its JSON config), written by `scripts/ship_model.py`; `fewstep export` writes one anywhere, and
+`load_denoiser("path/name.json")` loads it.
 
 Fitted solvers (`fewstep fit-solver`) travel with a model: those in a shipped model's JSON
 ("fitted_solvers") and those in a run directory's `solvers/` folder are loaded into
@@ -17,7 +19,6 @@ default (scripts/ship_solvers.py ships fits with a shipped model).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -46,21 +47,20 @@ class LoadedModel(Denoiser):
 
 
 def _read(spec) -> tuple[dict, dict, str]:
-    """(meta, ema tensors, source) for a shipped name, a checkpoint JSON or a run directory."""
-    from safetensors.torch import load_file
-
-    from .training.checkpoint import load_checkpoint
+    """(meta, weights, source) for a shipped name, a model file (fewstep.export), a checkpoint JSON or a
+    run directory (EMA weights where the checkpoint has them)."""
+    from .export import is_model_file, load_training_weights, read_model
 
     if isinstance(spec, str) and spec in shipped_models():
-        meta = json.loads((SHIPPED_DIR / f"{spec}.json").read_text())
-        return meta, load_file(str(SHIPPED_DIR / f"{spec}.safetensors")), f"shipped:{spec}"
+        return (*read_model(SHIPPED_DIR / f"{spec}.json"), f"shipped:{spec}")
     path = Path(spec)
     if not path.exists():
         names = ", ".join(shipped_models()) or "none"
-        raise FileNotFoundError(f"{spec!r} is neither a checkpoint / run directory nor a shipped model ({names})")
-    meta, tensors = load_checkpoint(path)
-    ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
-    return meta, ema or {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, str(path)
+        raise FileNotFoundError(f"{spec!r} is neither a model file, checkpoint or run directory nor a shipped "
+                                f"model ({names})")
+    if is_model_file(path):
+        return (*read_model(path), str(path))
+    return (*load_training_weights(path), str(path))
 
 
 def load_denoiser(spec, device="cpu", model_dtype: torch.dtype | None = None) -> LoadedModel:
@@ -99,12 +99,12 @@ def load_denoiser(spec, device="cpu", model_dtype: torch.dtype | None = None) ->
 def _fitted_solvers(meta: dict, spec) -> dict:
     """{(model calls, guidance scale or None): FittedSolver} shipped in the meta or saved in a run directory's
     solvers/ folder (later files replace earlier ones for the same key)."""
-    from .solvers.fitted import FittedSolver, guidance_key
+    from .solvers.fitted import FittedSolver, guidance_key, load_fitted_solvers
 
     found = [FittedSolver.from_dict(d) for d in meta.get("fitted_solvers", [])]
     folder = Path(spec) / "solvers" if not (isinstance(spec, str) and spec in shipped_models()) else None
     if folder is not None and folder.is_dir():
-        found += [FittedSolver.load(f) for f in sorted(folder.glob("*.json"))]
+        found += load_fitted_solvers(folder)
     return {(fs.nfe, guidance_key(fs.meta.get("guidance"))): fs for fs in found}
 
 

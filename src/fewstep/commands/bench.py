@@ -21,7 +21,7 @@ from .evaluate import extractor_for, measure, reference_features
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="quality vs model calls and wall-clock across solvers, with a recommendation",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="checkpoint, run directory or shipped model name")
+    p.add_argument("model", help="checkpoint, run directory, model file or shipped model name")
     p.add_argument("--solvers", default="default,ddim,dpm++2m,dpm++3m,unipc",
                    help="comma-separated solver names, 'default' (sample()'s choice) or fitted solvers' .json files")
     p.add_argument("--steps", default="3,5,8,10,15,20", help="comma-separated model-call budgets")

@@ -20,7 +20,7 @@ from .common import add_sampling_arguments, generate, run_dir, sampling_options,
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="FD / FID / precision / recall of a model or of an .npz of samples",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="checkpoint, run directory, shipped model name, or samples .npz")
+    p.add_argument("model", help="checkpoint, run directory, model file, shipped model name, or samples .npz")
     p.add_argument("--dataset", default=None, help="reference dataset (default: the model's training dataset)")
     p.add_argument("--data-root", default=None, help="directory of the reference dataset files")
     p.add_argument("--split", default="train", help="reference split")

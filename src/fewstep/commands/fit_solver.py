@@ -21,7 +21,8 @@ import torch
 def add_parser(sub) -> None:
     p = sub.add_parser("fit-solver", help="learn an N-call solver's times and weights on a model (JSON)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="checkpoint .json, run directory, or shipped model name (`fewstep models`)")
+    p.add_argument("model", help="checkpoint .json, run directory, model file .json (`fewstep export`) "
+                                 "or shipped model name (`fewstep models`)")
     p.add_argument("--steps", type=int, required=True, help="model calls (NFE) of the fitted solver, >= 2")
     p.add_argument("--n", type=int, default=1024, help="calibration samples (a quarter held out)")
     p.add_argument("--max-iter", type=int, default=30, help="L-BFGS iterations")

@@ -16,7 +16,8 @@ from .common import add_sampling_arguments, generate, pyplot, run_dir, sampling_
 def add_parser(sub) -> None:
     p = sub.add_parser("sample", help="sample a trained or shipped model into a PNG grid and an .npz",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="checkpoint .json, run directory, or shipped model name (`fewstep models`)")
+    p.add_argument("model", help="checkpoint .json, run directory, model file .json (`fewstep export`) "
+                                 "or shipped model name (`fewstep models`)")
     p.add_argument("--n", type=int, default=64, help="number of samples")
     p.add_argument("--out", default=None, help="output directory (default runs/sample-<time>)")
     add_sampling_arguments(p)

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .common import Model, record_nfe, steps_iter
 
-__all__ = ["FittedSolver", "fitted_solve", "guidance_key", "solver_weights"]
+__all__ = ["FittedSolver", "fitted_solve", "guidance_key", "load_fitted_solvers", "solver_weights"]
 
 F64 = torch.float64
 
@@ -91,6 +91,11 @@ class FittedSolver:
 
     def __repr__(self):
         return f"FittedSolver({self.nfe} calls, lambdas {[round(v, 3) for v in self.lambdas.tolist()]})"
+
+
+def load_fitted_solvers(folder) -> list[FittedSolver]:
+    """The fitted solvers saved in a folder (a run directory's solvers/), in file-name order."""
+    return [FittedSolver.load(f) for f in sorted(Path(folder).glob("*.json"))]
 
 
 def fitted_solve(denoiser, x: Tensor, lambdas: Tensor, weights: Tensor, *, cond: dict | None = None,

@@ -180,10 +180,12 @@ class TrainConfig:
             from ..pretrained import shipped_models
 
             need(self.student_init in shipped_models() or Path(self.student_init).exists(),
-                 f"student_init must be 'teacher', 'scratch' or a checkpoint / run directory / shipped model, "
+                 f"student_init must be 'teacher', 'scratch' or a checkpoint / run directory / model file / "
+                 f"shipped model, "
                  f"got {self.student_init!r} (not found)")
         if self.method == "scd":
-            need(bool(self.teacher), "method=scd needs teacher= (a checkpoint, run directory or shipped model name)")
+            need(bool(self.teacher),
+                 "method=scd needs teacher= (a checkpoint, run directory, model file or shipped model name)")
         if self.method == "sct":
             need(not self.teacher, "method=sct trains from data and takes no teacher (use method=scd to distil)")
         if self.method != "diffusion":
