@@ -18,6 +18,7 @@ from fewstep.distill import TeacherParameterised, build_student_from_spec, stude
 from fewstep.models import build_model, get_config
 from fewstep.predictions import PREDICTIONS, wrap
 from fewstep.processes import EDM, VE, Flow, TrigFlow, VPCosine, VPDiscrete, VPLinear
+from fewstep.guidance import CFG
 from fewstep.testing.gmm import GaussianMixture
 
 TINY = ["unet-tiny", "dit-tiny", "mlp-tiny"]
@@ -267,6 +268,36 @@ def test_teacher_classifier_free_guidance_per_sample_scale():
                                    (torch.cos(t)[:, None] * x - x0_2) / torch.sin(t)[:, None], atol=1e-9, rtol=1e-9)
     with pytest.raises(ValueError, match="class_labels"):
         TeacherVelocity(gmm.denoiser(EDM(), "edm"), sd)(x, t, guidance=2.0)
+
+
+def test_teacher_guidance_interval_equals_the_interval_cfg_denoiser():
+    """guidance_interval=(lo, hi): the teacher is guided only where its sigma / alpha lies in (lo, hi] (per
+    sample, here on both sides of each bound), exactly as the CFG transform with that interval; w = 1
+    outside. Refused for sCT and for an unguided teacher."""
+    gmm = GaussianMixture.random(d=2, K=4, seed=5, num_classes=2)
+    sd, interval = 0.5, (0.28, 5.42)  # TrigFlow t in (0.51, 1.48]
+    x = torch.randn(8, 2, dtype=torch.float64)
+    t = torch.tensor([0.2, 0.5, 0.52, 0.9, 1.2, 1.47, 1.49, 1.55], dtype=torch.float64)
+    y = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    for process, kind in [(VPDiscrete.linear(), "eps"), (EDM(), "edm"), (TrigFlow(sd), "trigflow")]:
+        D = gmm.denoiser(process, kind)
+        limited = TeacherVelocity(D, sd, guidance_scale=2.5, null_class=2, guidance_interval=interval)
+        cfg = CFG(D, 2.5, {"class_labels": y}, {"class_labels": torch.full_like(y, 2)}, interval=interval)
+        torch.testing.assert_close(limited(x, t, class_labels=y), TeacherVelocity(cfg, sd)(x, t), atol=1e-9, rtol=1e-9)
+        inside = (sd * torch.tan(t) > interval[0]) & (sd * torch.tan(t) <= interval[1])
+        assert inside.tolist() == [False, False, True, True, True, True, False, False]
+        plain = TeacherVelocity(D, sd)(x, t, class_labels=y)
+        full = TeacherVelocity(D, sd, guidance_scale=2.5, null_class=2)(x, t, class_labels=y)
+        v = limited(x, t, class_labels=y)
+        torch.testing.assert_close(v[~inside], plain[~inside])
+        torch.testing.assert_close(v[inside], full[inside])
+        assert (v[inside] - plain[inside]).abs().max() > 1e-3  # guidance does act inside
+    assert SCMConfig(mode="scd", guidance=2.0, guidance_interval=[0.28, 5.42]).to_dict()["guidance_interval"] == [
+        0.28, 5.42]
+    for bad in (dict(mode="sct", guidance_interval=(0.1, 1.0)), dict(mode="scd", guidance_interval=(0.1, 1.0)),
+                dict(mode="scd", guidance=2.0, guidance_interval=(1.0, 0.1))):
+        with pytest.raises(ValueError, match="guidance"):
+            SCMConfig(**bad)
 
 
 # ------------------------------------------------------------------------------------------ students

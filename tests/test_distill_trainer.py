@@ -147,6 +147,7 @@ def test_fewstep_distill_cli_scd_and_sct(tmp_path, teacher_dir, capsys):
     (["method=sct", "scm_args={bogus: 1}"], "unknown scm_args"),
     (["method=sct", "scm_args={tangent_c: 0}"], "constant c"),
     (["method=sct", "scm_args={P_std: -1}"], "P_std"),
+    (["method=scd", "teacher=digits-teacher", "scm_args={guidance_interval: [0.28, 5.42]}"], "guidance_interval"),
     (["method=cd"], "method must be one of"),
     (["method=sct", "student_init=copy"], "student_init"),
 ])

@@ -50,13 +50,18 @@ def check_interval(interval) -> tuple | None:
     return lo, hi
 
 
+def in_interval(process, t: Tensor, interval: tuple) -> Tensor:
+    """Whether the noise level sigma / alpha of `process` at time(s) t lies in the interval (lo, hi]."""
+    s = torch.exp(-process.lambda_(t))
+    return (s > interval[0]) & (s <= interval[1])
+
+
 def _guided(process, t: Tensor, interval) -> Tensor | bool:
     """Where guidance applies at time(s) t: True without an interval, else sigma / alpha in (lo, hi]
     (a bool when all the times agree, else a [B] mask for per-sample times)."""
     if interval is None:
         return True
-    s = torch.exp(-process.lambda_(t))
-    inside = (s > interval[0]) & (s <= interval[1])
+    inside = in_interval(process, t, interval)
     if bool(inside.all()) or not bool(inside.any()):
         return bool(inside.all())
     return inside

@@ -32,6 +32,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..guidance import check_interval
 from ..processes import _bcast
 from .adaptive_weight import AdaptiveWeight
 from .tangent import NORMS, TANGENT_METHODS, normalize_tangent, scm_tangent
@@ -52,6 +53,7 @@ class SCMConfig:
     adaptive_weight: learn w(t) (else w = 0); tan_weight: the extra 1/(sd tan t) loss weight;
     guidance: the teacher's CFG scale for students without a guidance input; guidance_range: (lo, hi)
     from which guidance-conditioned students draw w per sample (the teacher uses the same w);
+    guidance_interval: (lo, hi) of the teacher's sigma / alpha where its guidance applies (None: all);
     p_uncond: label dropout to the null class for class-conditional sCT.
     """
 
@@ -68,11 +70,13 @@ class SCMConfig:
     tan_weight: bool = False
     guidance: float = 1.0
     guidance_range: tuple | None = None
+    guidance_interval: tuple | None = None
     p_uncond: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.guidance_range, list):
             object.__setattr__(self, "guidance_range", tuple(self.guidance_range))
+        object.__setattr__(self, "guidance_interval", check_interval(self.guidance_interval))
         if self.mode not in MODES:
             raise ValueError(f"unknown sCM mode {self.mode!r}; valid: {', '.join(MODES)}")
         if not self.sigma_data > 0:
@@ -95,6 +99,10 @@ class SCMConfig:
             lo, hi = self.guidance_range
             if not 0 <= lo <= hi:
                 raise ValueError(f"guidance_range must be (lo, hi) with 0 <= lo <= hi, got {self.guidance_range}")
+        if self.guidance_interval is not None and (self.mode != "scd" or (self.guidance == 1.0
+                                                                         and self.guidance_range is None)):
+            raise ValueError("guidance_interval limits a guided teacher: it needs mode scd with guidance != 1 "
+                             "or a guidance_range")
         if not 0.0 <= self.p_uncond <= 1.0:
             raise ValueError(f"p_uncond must lie in [0, 1], got {self.p_uncond}")
 
@@ -104,6 +112,7 @@ class SCMConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["guidance_range"] = list(self.guidance_range) if self.guidance_range is not None else None
+        d["guidance_interval"] = list(self.guidance_interval) if self.guidance_interval is not None else None
         return d
 
 

@@ -53,7 +53,8 @@ def build_consistency(cfg, num_classes: int, device, generator, rank: int = 0, w
                                        channel_mult=cfg.model_args.get("channel_mult"))
     else:
         student = build_student(cfg.model, sd, guidance=guided, num_classes=num_classes, **cfg.model_args)
-    velocity = TeacherVelocity(teacher, sd, guidance_scale=scm.guidance) if teacher is not None else None
+    velocity = (TeacherVelocity(teacher, sd, guidance_scale=scm.guidance, guidance_interval=scm.guidance_interval)
+                if teacher is not None else None)
     p_uncond = cfg.p_uncond if (cfg.method == "sct" and num_classes) else 0.0
     loss = SCMLoss(scm.replace(p_uncond=p_uncond), velocity, num_classes=num_classes, generator=generator,
                    rank=rank, world_size=world_size)

@@ -7,7 +7,8 @@ a `Denoiser` D(x', t') -> x0 on its own process (VP eps / v / x0, EDM, flow, Tri
    lambda = log(cos t / (sd sin t)), t' = t_teacher(lambda), and with (a, s) = (alpha, sigma)(t'),
    x' = x_t sqrt(a^2 sd^2 + s^2) / sd      (the same map as processes.convert);
 2. x0 = D(x', t') (with classifier-free guidance: x0 = x0_u + w (x0_c - x0_u), Ho & Salimans 2022,
-   one batched call, w a float or one per sample);
+   one batched call, w a float or one per sample; with a guidance interval (lo, hi], Kynkaanniemi et
+   al. 2024, w applies only where the teacher's sigma / alpha lies in it, w = 1 elsewhere);
 3. invert TrigFlow's denoiser x0 = cos(t) x_t - sin(t) sd F (sCM eq. 9):
    F = (cos(t) x_t - x0) / (sd sin t), so dx_t/dt = sd F = (cos(t) x_t - x0) / sin(t).
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..guidance import check_interval, in_interval
 from ..processes import Process, _bcast
 
 __all__ = ["TeacherVelocity", "trigflow_to_process"]
@@ -53,11 +55,12 @@ class TeacherVelocity:
     sigma_data: the TrigFlow sd of the student; guidance_scale: the default CFG scale w (1 = the
     conditional teacher, no guidance); uncond: model kwargs of the unconditional branch (default:
     class_labels = null_class); null_class: the null label (default: the teacher network's
-    num_classes). Per-call `guidance=` (float or [B]) overrides guidance_scale.
+    num_classes); guidance_interval: (lo, hi) of sigma / alpha outside which the teacher is not guided
+    (None: guided everywhere). Per-call `guidance=` (float or [B]) overrides guidance_scale.
     """
 
     def __init__(self, denoiser, sigma_data: float = 0.5, guidance_scale: float = 1.0, uncond: dict | None = None,
-                 null_class: int | None = None):
+                 null_class: int | None = None, guidance_interval=None):
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be positive, got {sigma_data}")
         if not hasattr(denoiser, "process"):
@@ -66,6 +69,7 @@ class TeacherVelocity:
         self.denoiser, self.process = denoiser, denoiser.process
         self.sigma_data, self.guidance_scale = float(sigma_data), float(guidance_scale)
         self.uncond = uncond
+        self.guidance_interval = check_interval(guidance_interval)
         self.null_class = null_class if null_class is not None else self._infer_null_class(denoiser)
 
     @staticmethod
@@ -94,6 +98,9 @@ class TeacherVelocity:
         x_p, t_p = trigflow_to_process(x_t, t, self.process, self.sigma_data)
         w = self.guidance_scale if guidance is None else guidance
         w = torch.as_tensor(w, dtype=x_t.dtype, device=x_t.device)
+        if self.guidance_interval is not None:
+            inside = in_interval(self.process, t_p, self.guidance_interval).to(x_t.device)
+            w = torch.where(inside, w, torch.ones_like(w))
         if bool((w == 1.0).all()):  # the conditional teacher: no guidance, one call
             return self.denoiser(x_p, t_p, **cond).to(x_t.dtype)
         uncond = self._uncond(cond)
