@@ -569,12 +569,32 @@ def test_sct_from_scratch_finds_every_mode():
 # ------------------------------------------------------------------------------------------ students from any teacher
 
 
-def test_student_from_a_guided_student_is_refused():
-    """A guidance-conditioned student's guidance embedding hooks its network; copying the network alone
-    would silently drop it, so student_from_teacher (the teacher and student_init path) refuses."""
-    guided = wrap(build_student("mlp-tiny", 0.5, guidance=True), TrigFlow(0.5), "trigflow", sigma_data=0.5)
+def test_student_from_a_guided_student():
+    """A guidance-conditioned student's guidance embedding hooks its network: copied into a guided student
+    it comes along (the copy computes the source at every scale and its hook reads the copy's own
+    embedding); copying the network alone would silently drop it, so an unguided copy, a widened copy
+    and another sigma_data are refused."""
+    model = _randomize(build_student("unet-tiny", 0.5, guidance=True), seed=2)
+    torch.nn.init.normal_(model.guidance_embed.mlp[2].weight, std=0.1)  # a trained (non-zero) embedding
+    guided = wrap(model, TrigFlow(0.5), "trigflow", sigma_data=0.5)
+    copy_ = student_from_teacher(guided, 0.5, guidance=True, dropout=0.2)
+    assert copy_.guided and copy_.net.config.dropout == 0.2 and model.net.config.dropout != 0.2
+    x, t, y = _input("unet-tiny", 3), torch.tensor([0.3, 0.8, 1.4]), torch.tensor([1, 2, 3])
+    w = torch.tensor([1.0, 1.5, 2.5])
+    copy_.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(copy_(x, t, class_labels=y, guidance=w), model(x, t, class_labels=y, guidance=w))
+        assert (model(x, t, class_labels=y, guidance=w) - model(x, t, class_labels=y, guidance=1.0)).abs().max() > 1e-4
+        before = model(x, t, class_labels=y, guidance=w)
+        copy_.guidance_embed.mlp[2].bias.add_(1.0)  # the copy's own embedding, not the source's
+        torch.testing.assert_close(model(x, t, class_labels=y, guidance=w), before)
+        assert (copy_(x, t, class_labels=y, guidance=w) - before).abs().max() > 1e-3
     with pytest.raises(ValueError, match="guidance-conditioned"):
         student_from_teacher(guided, 0.5)
+    with pytest.raises(ValueError, match="cannot be widened"):
+        student_from_teacher(guided, 0.5, guidance=True, channel_mult=(1, 2, 4))
+    with pytest.raises(ValueError, match="sigma_data"):
+        student_from_teacher(guided, 0.8, guidance=True)
     plain = wrap(build_student("mlp-tiny", 0.5), TrigFlow(0.5), "trigflow", sigma_data=0.5)
     assert not student_from_teacher(plain, 0.5).guided
 

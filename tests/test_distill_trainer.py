@@ -196,3 +196,27 @@ def test_copied_student_takes_its_dropout_from_model_args(tmp_path, teacher_dir)
         set_dropout(build_model("mlp-tiny", dropout=0.1), 1.0)
     with pytest.raises(ValueError, match="not a fewstep.models network"):
         set_dropout(torch.nn.Sequential(torch.nn.Dropout(0.1)), 0.2)
+
+
+def test_guided_student_continues_as_student_init_under_an_interval_teacher(tmp_path):
+    """A guidance-conditioned student (scm_args.guidance_range) is the student_init of a new guided run,
+    here with the teacher guided only in an interval: the new student starts as the saved one at every
+    input scale, trains, and its checkpoint loads as a guided consistency model."""
+    cfg = get_preset("digits-scd").replace(steps=2, batch_size=4, log_every=1, lr=1e-2, ema_half_life=1.0,
+                                           scm_args={"guidance_range": [1.0, 2.0], "tangent_warmup": 1})
+    Trainer(cfg, out=tmp_path / "first").fit()
+    first = load_denoiser(str(tmp_path / "first"))
+    again = Trainer(cfg.replace(student_init=str(tmp_path / "first"), scm_args={
+        "guidance_range": [1.0, 2.0], "guidance_interval": [0.28, 5.42], "tangent_warmup": 1}), out=tmp_path / "next")
+    x, t, y = torch.randn(3, 1, 8, 8), torch.tensor([0.3, 0.9, 1.5]), torch.tensor([1, 2, 3])
+    with torch.no_grad():
+        for w in (1.0, 1.7):
+            torch.testing.assert_close(again.net.eval().consistency(x, t, class_labels=y, guidance=w),
+                                       first.model.consistency(x, t, class_labels=y, guidance=w))
+    again.net.train()
+    again.fit()
+    S = load_denoiser(str(tmp_path / "next"))
+    assert S.model.guided and S.config["scm_args"]["guidance_interval"] == [0.28, 5.42]
+    out = sample(S, torch.randn(2, 1, 8, 8), solver="consistency", steps=2, class_labels=torch.tensor([0, 1]),
+                 step_cond={"guidance": [1.0, 1.5]})
+    assert torch.isfinite(out).all()

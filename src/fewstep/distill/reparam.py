@@ -87,8 +87,8 @@ def _network_of(teacher) -> nn.Module:
     net = getattr(inner, "model", None)
     if isinstance(net, TrigFlowModel):
         if net.guided:  # its guidance embedding hooks the network it wraps and would not come along
-            raise ValueError("student_from_teacher: a guidance-conditioned consistency model cannot be copied; "
-                             "start from its teacher instead")
+            raise ValueError("student_from_teacher: a guidance-conditioned consistency model can only be copied "
+                             "into a guidance-conditioned student (scm_args.guidance_range), with its layout")
         net = net.net
     if not isinstance(net, nn.Module):
         raise ValueError("student_from_teacher: the teacher must be a fewstep Denoiser around an nn.Module "
@@ -129,6 +129,9 @@ def student_from_teacher(teacher, sigma_data: float = 0.5, guidance: bool = Fals
     inner = getattr(teacher, "inner", teacher)
     if not hasattr(inner, "process") or not hasattr(inner, "prediction"):
         raise ValueError("student_from_teacher: the teacher must be a fewstep Denoiser (with .process, .prediction)")
+    source = getattr(inner, "model", None)
+    if isinstance(source, TrigFlowModel) and source.guided and guidance:
+        return _copy_guided(source, sigma_data, dropout, channel_mult)
     net = copy.deepcopy(_network_of(teacher))
     current = getattr(getattr(net, "config", None), "channel_mult", ())
     if channel_mult is not None and tuple(channel_mult) != tuple(current):
@@ -143,6 +146,21 @@ def student_from_teacher(teacher, sigma_data: float = 0.5, guidance: bool = Fals
     if not same:
         net = TeacherParameterised(net, inner.process, inner.prediction, sigma_data, float(inner.sigma_data))
     return TrigFlowModel(net, sigma_data=sigma_data, guidance=guidance)
+
+
+def _copy_guided(source: TrigFlowModel, sigma_data: float, dropout, channel_mult) -> TrigFlowModel:
+    """A trainable copy of a guidance-conditioned student, guidance embedding included (the whole model is
+    copied, so the copy's network hooks the copy's embedding); its layout cannot change."""
+    current = tuple(getattr(source.config, "channel_mult", ()) or ())
+    if channel_mult is not None and tuple(channel_mult) != current:
+        raise ValueError("student_from_teacher: a guidance-conditioned student cannot be widened (copy it as is)")
+    if not math.isclose(source.sigma_data, sigma_data):
+        raise ValueError(f"student_from_teacher: the guidance-conditioned student has sigma_data "
+                         f"{source.sigma_data}, not {sigma_data}")
+    student = copy.deepcopy(source).train().requires_grad_(True)
+    if dropout is not None:
+        set_dropout(student.net, dropout)
+    return student
 
 
 def student_spec(student: TrigFlowModel) -> dict:
