@@ -11,6 +11,8 @@ For a teacher (a checkpoint, run directory or shipped name) and its students (tr
 * `--teacher-guidance G`: the teacher sampled with classifier-free guidance (one batched call on the
   conditional and null labels per model call), the reference for students distilled with
   `scm_args.guidance=G` (which sample without guidance: it is in their weights);
+* `--teacher-guidance-interval LO,HI`: that guidance only where sigma / alpha lies in (LO, HI]
+  (Kynkaanniemi et al. 2024), the reference for students distilled with `scm_args.guidance_interval`;
 * `--student-guidance W,...`: guidance-conditioned students (`scm_args.guidance_range`) sampled with
   each scale W as their input (a row each);
 * the targets of the consistency issue: 2-step FD <= 1.1x the teacher's FD at >= 20 calls, 1-step
@@ -45,6 +47,7 @@ import torch
 from fewstep.commands.common import guidance_conditioned, pyplot
 from fewstep.commands.evaluate import extractor_for, measure, reference_features, timed_samples
 from fewstep.distill.sampling import DEFAULT_T_MID
+from fewstep.guidance import check_interval
 from fewstep.models.presets import count_params
 from fewstep.pretrained import load_denoiser
 
@@ -67,8 +70,13 @@ def time_at_fd(teacher_rows, fd) -> tuple[float | None, bool]:
     return None, False
 
 
+GUIDANCE_KEYS = ("guidance", "guidance_interval")  # the teacher's guidance settings (rows of several may combine)
+
+
 def _cfg(row) -> str:
-    return f", CFG {row['guidance']:g}" if row.get("guidance") else ""
+    interval = row.get("guidance_interval")
+    where = f" in ({interval[0]:g}, {interval[1]:g}]" if interval else ""
+    return f", CFG {row['guidance']:g}{where}" if row.get("guidance") else ""
 
 
 def teacher_time_at_fd(teacher_rows, fd) -> tuple[float | None, bool]:
@@ -76,7 +84,7 @@ def teacher_time_at_fd(teacher_rows, fd) -> tuple[float | None, bool]:
     separately, then the fastest teacher setting that reaches FD `fd` (exact times before bounds)."""
     curves = {}
     for r in teacher_rows:
-        curves.setdefault(r.get("guidance"), []).append(r)
+        curves.setdefault(tuple(str(r.get(k)) for k in GUIDANCE_KEYS), []).append(r)
     found = [time_at_fd(rows, fd) for rows in curves.values()]
     for want in (True, False):
         times = [ms for ms, exact in found if ms is not None and exact is want]
@@ -101,9 +109,9 @@ def load_teacher_rows(paths: str, setting: dict) -> list[dict]:
             raise SystemExit(f"--teacher-rows {path}: no teacher rows in it")
         for r in found:
             have = r.get("setting")
-            same = have is not None and {k: v for k, v in have.items() if k != "guidance"} == \
-                {k: v for k, v in setting.items() if k != "guidance"}
-            if not same or ("guidance" in setting and have.get("guidance") != setting["guidance"]):
+            same = have is not None and {k: v for k, v in have.items() if k not in GUIDANCE_KEYS} == \
+                {k: v for k, v in setting.items() if k not in GUIDANCE_KEYS}
+            if not same or ("guidance" in setting and any(have.get(k) != setting.get(k) for k in GUIDANCE_KEYS)):
                 raise SystemExit(f"--teacher-rows {path}: its teacher rows were measured with "
                                  f"{have or 'no recorded setting (an older run)'}, this run asks for "
                                  f"{setting}; run the teacher again")
@@ -120,6 +128,8 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher-guidance", type=float, default=1.0,
                     help="classifier-free guidance scale of the teacher rows (compare students distilled with "
                     "scm_args.guidance = G against the teacher sampled with the same G)")
+    ap.add_argument("--teacher-guidance-interval", default=None, metavar="LO,HI",
+                    help="guide the teacher only where sigma / alpha lies in (LO, HI] (needs --teacher-guidance)")
     ap.add_argument("--student-guidance", default=None, metavar="W[,W...]",
                     help="guidance scales at which guidance-conditioned students (scm_args.guidance_range) are "
                     "sampled, a row each (their input, not CFG); other students ignore it")
@@ -149,6 +159,13 @@ def main(argv=None) -> int:
     t_mids = [float(v) for v in args.t_mid.split(",")]
     student_ws = [float(v) for v in args.student_guidance.split(",")] if args.student_guidance else []
     teacher_cfg = {"guidance": args.teacher_guidance} if args.teacher_guidance != 1.0 else {}
+    if args.teacher_guidance_interval:
+        if not teacher_cfg:
+            raise SystemExit("--teacher-guidance-interval limits the teacher's guidance: give --teacher-guidance G")
+        try:
+            teacher_cfg["guidance_interval"] = list(check_interval(args.teacher_guidance_interval.split(",")))
+        except ValueError as e:
+            raise SystemExit(f"--teacher-guidance-interval: {e}")
     setting = {"teacher": args.teacher, "n": args.n, "batch": args.batch, "seeds": seeds, **teacher_cfg}
     if args.retime_teacher and not args.teacher_rows:
         raise SystemExit("--retime-teacher re-times reused teacher rows: give --teacher-rows")
@@ -184,7 +201,8 @@ def main(argv=None) -> int:
         batch = min(args.batch, args.n)  # one batch of the size the students are sampled in
         r["ms_per_sample"] = timed_samples(T, batch, solver=None if r["solver"] == "default" else r["solver"],
                                            steps=r["nfe"], seed=seeds[0], batch_size=batch, warmup=min(64, batch),
-                                           repeats=args.repeats, guidance=r.get("guidance"))[2]
+                                           repeats=args.repeats, guidance=r.get("guidance"),
+                                           guidance_interval=r.get("guidance_interval"))[2]
         print(f"teacher {r['solver']:<9} NFE {r['nfe']:>3}: re-timed {r['ms_per_sample']:.3f} ms/sample "
               f"(stored {r['ms_per_sample_stored']:.3f})", flush=True)
     for solver in [] if args.teacher_rows else filter(None, args.teacher_solvers.split(",")):
@@ -242,7 +260,7 @@ def main(argv=None) -> int:
             r["speedup_equal_fd"] = t_eq / r["ms_per_sample"] if t_eq else None
             r["speedup_text"] = speed
         spread = f" [{min(r['fd_seeds']):.4f}, {max(r['fd_seeds']):.4f}]" if len(r["fd_seeds"]) > 1 else ""
-        cfg_label = f" (CFG {r['guidance']:g})" if r.get("guidance") else ""
+        cfg_label = f" ({_cfg(r)[2:]})" if r.get("guidance") else ""
         lines.append(f"| {r['model']} | {r['solver']}{cfg_label} | {r['nfe']} | {r['fd']:.4f}{spread} | {ratio} | {r['precision']:.3f} | "
                      f"{r['recall']:.3f} | {r['ms_per_sample']:.3f} | {speed} |")
     if ref:

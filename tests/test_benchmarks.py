@@ -150,6 +150,23 @@ def test_consistency_benchmark_reuses_teacher_rows_of_the_same_setting_only(cons
     assert mixed[2]["speedup_text"]  # the student is compared with the faster of the two curves
     with pytest.raises(SystemExit, match="run the teacher again"):  # one scale asked: the other file is refused
         consistency.main(["--students", "", "--teacher-rows", both, "--teacher-guidance", "2", *common])
+    # --teacher-guidance-interval: guided only in (lo, hi]: another row and setting, combinable with the others
+    interval = tmp_path / "interval"
+    consistency.main(["--students", "", "--teacher-nfe", "3", "--teacher-guidance", "2", "--teacher-guidance-interval",
+                      "0.5,5", *common, "--out", str(interval)])
+    i_row = json.loads((interval / "consistency_digits.json").read_text())[0]
+    assert i_row["guidance_interval"] == [0.5, 5.0] and i_row["setting"]["guidance_interval"] == [0.5, 5.0]
+    assert i_row["fd"] not in (g_row["fd"], stored[0]["fd"])
+    assert "dpm++2m (CFG 2 in (0.5, 5])" in (interval / "consistency_digits.md").read_text()
+    with pytest.raises(SystemExit, match="run the teacher again"):  # the constant-scale rows are another setting
+        consistency.main(["--students", "", "--teacher-rows", str(guided / "consistency_digits.json"),
+                          "--teacher-guidance", "2", "--teacher-guidance-interval", "0.5,5", *common])
+    consistency.main(["--students", "", "--teacher-rows", f"{both},{interval / 'consistency_digits.json'}", *common,
+                      "--out", str(tmp_path / "three")])
+    for bad, match in ((["--teacher-guidance-interval", "0.5,5"], "give --teacher-guidance"),
+                       (["--teacher-guidance", "2", "--teacher-guidance-interval", "5,0.5"], "lo < hi")):
+        with pytest.raises(SystemExit, match=match):
+            consistency.main(["--students", "", *bad, *common])
     # --teacher-solvers "": students only, no ratios or speed-ups
     consistency.main(["--students", "sct=digits-sct", *common, "--teacher-solvers", "", "--out", str(tmp_path / "only")])
     only = json.loads((tmp_path / "only" / "consistency_digits.json").read_text())
