@@ -76,7 +76,7 @@ def test_fit_solver_then_sample(tiny_run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["sample", "/nonexistent/run"], "neither a checkpoint"),
+    (["sample", "/nonexistent/run"], "neither a model file, checkpoint"),
     (["eval", "/nonexistent/x.npz", "--dataset", "digits"], "does not exist"),
     (["bench", "RUN", "--solvers", "dpm++9m"], "unknown solver"),
     (["bench", "RUN", "--steps", "0,3"], "positive integers"),
