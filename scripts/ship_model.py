@@ -4,18 +4,19 @@
     python scripts/ship_model.py runs/digits-scd digits-scd --teacher-name digits-teacher
     python scripts/ship_model.py runs/fashion-teacher32/checkpoints/ckpt-00005000.json fashion-teacher --dtype float16
 
-writes src/fewstep/assets/models/<name>.safetensors (EMA weights) and <name>.json (training and
-model config), loadable with fewstep.pretrained.load_denoiser(name) and `fewstep sample <name>`
-(`fewstep export` with a path instead of a name; see fewstep.export).
+is `fewstep export CHECKPOINT src/fewstep/assets/models/<name>` (see fewstep.export): it writes
+<name>.safetensors (EMA weights) and <name>.json (training and model config) there, loadable with
+fewstep.pretrained.load_denoiser(name) and `fewstep sample <name>`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 
-from fewstep.export import DTYPES, export_model
-from fewstep.pretrained import SHIPPED_DIR, load_denoiser
+from fewstep.cli import main as fewstep_main
+from fewstep.export import DTYPES
+from fewstep.pretrained import SHIPPED_DIR
 
 
 def main():
@@ -26,11 +27,8 @@ def main():
                     help="for a distilled student: the shipped name of its teacher, recorded in its config")
     ap.add_argument("--dtype", default="float32", choices=list(DTYPES), help="storage precision of the weights")
     args = ap.parse_args()
-    path = export_model(args.checkpoint, SHIPPED_DIR / args.name, dtype=args.dtype, teacher=args.teacher_name)
-    load_denoiser(args.name)  # loads as shipped
-    size = path.with_suffix(".safetensors").stat().st_size
-    step = json.loads(path.read_text()).get("step")
-    print(f"shipped {args.name}: step {step}, {size / 1e6:.1f} MB ({args.dtype}) -> {SHIPPED_DIR}")
+    teacher = ["--teacher", args.teacher_name] if args.teacher_name else []
+    sys.exit(fewstep_main(["export", args.checkpoint, str(SHIPPED_DIR / args.name), "--dtype", args.dtype, *teacher]))
 
 
 if __name__ == "__main__":

@@ -61,8 +61,7 @@ def export_model(checkpoint, out, dtype: str = "float32", teacher: str | None = 
         cast[k] = w.contiguous()
     keep = {k: meta[k] for k in _KEEP if k in meta}
     keep["config"] = {**keep["config"], "out": None, **({"teacher": teacher} if teacher else {})}
-    solvers_dir = Path(checkpoint) / "solvers"
-    fits = load_fitted_solvers(solvers_dir) if solvers_dir.is_dir() else []
+    fits = load_fitted_solvers(Path(checkpoint) / "solvers")
     if fits:
         keep["fitted_solvers"] = [fs.to_dict() for fs in fits]
     atomic_write_bytes(tensor_path, save(cast, metadata={"format": MODEL_FORMAT, "step": str(meta.get("step"))}))

@@ -102,9 +102,8 @@ def _fitted_solvers(meta: dict, spec) -> dict:
     from .solvers.fitted import FittedSolver, guidance_key, load_fitted_solvers
 
     found = [FittedSolver.from_dict(d) for d in meta.get("fitted_solvers", [])]
-    folder = Path(spec) / "solvers" if not (isinstance(spec, str) and spec in shipped_models()) else None
-    if folder is not None and folder.is_dir():
-        found += load_fitted_solvers(folder)
+    if not (isinstance(spec, str) and spec in shipped_models()):
+        found += load_fitted_solvers(Path(spec) / "solvers")
     return {(fs.nfe, guidance_key(fs.meta.get("guidance"))): fs for fs in found}
 
 

@@ -94,8 +94,10 @@ class FittedSolver:
 
 
 def load_fitted_solvers(folder) -> list[FittedSolver]:
-    """The fitted solvers saved in a folder (a run directory's solvers/), in file-name order."""
-    return [FittedSolver.load(f) for f in sorted(Path(folder).glob("*.json"))]
+    """The fitted solvers saved in a folder (a run directory's solvers/), in file-name order; none when
+    there is no such folder."""
+    folder = Path(folder)
+    return [FittedSolver.load(f) for f in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
 def fitted_solve(denoiser, x: Tensor, lambdas: Tensor, weights: Tensor, *, cond: dict | None = None,

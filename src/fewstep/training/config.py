@@ -181,8 +181,7 @@ class TrainConfig:
 
             need(self.student_init in shipped_models() or Path(self.student_init).exists(),
                  f"student_init must be 'teacher', 'scratch' or a checkpoint / run directory / model file / "
-                 f"shipped model, "
-                 f"got {self.student_init!r} (not found)")
+                 f"shipped model, got {self.student_init!r} (not found)")
         if self.method == "scd":
             need(bool(self.teacher),
                  "method=scd needs teacher= (a checkpoint, run directory, model file or shipped model name)")
