@@ -270,6 +270,17 @@ def test_teacher_classifier_free_guidance_per_sample_scale():
         TeacherVelocity(gmm.denoiser(EDM(), "edm"), sd)(x, t, guidance=2.0)
 
 
+class _Counting:
+    """A denoiser that records the batch size of each call."""
+
+    def __init__(self, denoiser, seen: list):
+        self.denoiser, self.seen, self.process = denoiser, seen, denoiser.process
+
+    def __call__(self, x, t, **cond):
+        self.seen.append(x.shape[0])
+        return self.denoiser(x, t, **cond)
+
+
 def test_teacher_guidance_interval_equals_the_interval_cfg_denoiser():
     """guidance_interval=(lo, hi): the teacher is guided only where its sigma / alpha lies in (lo, hi] (per
     sample, here on both sides of each bound), exactly as the CFG transform with that interval; w = 1
@@ -292,6 +303,10 @@ def test_teacher_guidance_interval_equals_the_interval_cfg_denoiser():
         torch.testing.assert_close(v[~inside], plain[~inside])
         torch.testing.assert_close(v[inside], full[inside])
         assert (v[inside] - plain[inside]).abs().max() > 1e-3  # guidance does act inside
+        seen = []  # the unconditional branch is evaluated only where guided: 8 + 4 samples, one call
+        counted = TeacherVelocity(_Counting(D, seen), sd, guidance_scale=2.5, null_class=2, guidance_interval=interval)
+        torch.testing.assert_close(counted(x, t, class_labels=y), v, atol=1e-12, rtol=1e-12)
+        assert seen == [12]
     assert SCMConfig(mode="scd", guidance=2.0, guidance_interval=[0.28, 5.42]).to_dict()["guidance_interval"] == [
         0.28, 5.42]
     for bad in (dict(mode="sct", guidance_interval=(0.1, 1.0)), dict(mode="scd", guidance_interval=(0.1, 1.0)),

@@ -8,7 +8,8 @@ a `Denoiser` D(x', t') -> x0 on its own process (VP eps / v / x0, EDM, flow, Tri
    x' = x_t sqrt(a^2 sd^2 + s^2) / sd      (the same map as processes.convert);
 2. x0 = D(x', t') (with classifier-free guidance: x0 = x0_u + w (x0_c - x0_u), Ho & Salimans 2022,
    one batched call, w a float or one per sample; with a guidance interval (lo, hi], Kynkaanniemi et
-   al. 2024, w applies only where the teacher's sigma / alpha lies in it, w = 1 elsewhere);
+   al. 2024, w applies only where the teacher's sigma / alpha lies in it, w = 1 elsewhere; the
+   unconditional branch is evaluated only for the samples with w != 1);
 3. invert TrigFlow's denoiser x0 = cos(t) x_t - sin(t) sd F (sCM eq. 9):
    F = (cos(t) x_t - x0) / (sd sin t), so dx_t/dt = sd F = (cos(t) x_t - x0) / sin(t).
 
@@ -101,16 +102,20 @@ class TeacherVelocity:
         if self.guidance_interval is not None:
             inside = in_interval(self.process, t_p, self.guidance_interval).to(x_t.device)
             w = torch.where(inside, w, torch.ones_like(w))
-        if bool((w == 1.0).all()):  # the conditional teacher: no guidance, one call
+        guided = (w != 1.0).expand(B)
+        if not bool(guided.any()):  # the conditional teacher: no guidance, one call
             return self.denoiser(x_p, t_p, **cond).to(x_t.dtype)
         uncond = self._uncond(cond)
         if set(uncond) != set(cond):
             raise ValueError(f"cond and uncond must have the same keys, got {sorted(cond)} and {sorted(uncond)}")
-        both = {k: torch.cat([_per_sample(cond[k], B, x_t.device), _per_sample(uncond[k], B, x_t.device)])
+        # one batched call: every sample conditional, the unconditional branch only where guided
+        g = guided.nonzero().squeeze(1)
+        both = {k: torch.cat([_per_sample(cond[k], B, x_t.device), _per_sample(uncond[k], B, x_t.device)[g]])
                 for k in cond}
-        x0 = self.denoiser(torch.cat([x_p, x_p]), torch.cat([t_p, t_p]), **both).to(x_t.dtype)
-        x0_c, x0_u = x0.chunk(2)
-        return x0_u + _bcast(w, x_t) * (x0_c - x0_u)
+        x0 = self.denoiser(torch.cat([x_p, x_p[g]]), torch.cat([t_p, t_p[g]]), **both).to(x_t.dtype)
+        x0_c, x0_u = x0[:B], x0[B:]
+        w_g = w.expand(B)[g]
+        return x0_c.index_copy(0, g, x0_u + _bcast(w_g, x0_u) * (x0_c[g] - x0_u))
 
     def __call__(self, x_t: Tensor, t, guidance=None, **cond) -> Tensor:
         """dx_t/dt = (cos(t) x_t - x0) / sin(t)."""
