@@ -73,10 +73,16 @@ def time_at_fd(teacher_rows, fd) -> tuple[float | None, bool]:
 GUIDANCE_KEYS = ("guidance", "guidance_interval")  # the teacher's guidance settings (rows of several may combine)
 
 
-def _cfg(row) -> str:
+def _guidance_label(row) -> str:
+    """"CFG G" or "CFG G in (LO, HI]" for a guided teacher row, "" otherwise."""
     interval = row.get("guidance_interval")
     where = f" in ({interval[0]:g}, {interval[1]:g}]" if interval else ""
-    return f", CFG {row['guidance']:g}{where}" if row.get("guidance") else ""
+    return f"CFG {row['guidance']:g}{where}" if row.get("guidance") else ""
+
+
+def _cfg(row) -> str:
+    label = _guidance_label(row)
+    return f", {label}" if label else ""
 
 
 def teacher_time_at_fd(teacher_rows, fd) -> tuple[float | None, bool]:
@@ -260,7 +266,7 @@ def main(argv=None) -> int:
             r["speedup_equal_fd"] = t_eq / r["ms_per_sample"] if t_eq else None
             r["speedup_text"] = speed
         spread = f" [{min(r['fd_seeds']):.4f}, {max(r['fd_seeds']):.4f}]" if len(r["fd_seeds"]) > 1 else ""
-        cfg_label = f" ({_cfg(r)[2:]})" if r.get("guidance") else ""
+        cfg_label = f" ({_guidance_label(r)})" if r.get("guidance") else ""
         lines.append(f"| {r['model']} | {r['solver']}{cfg_label} | {r['nfe']} | {r['fd']:.4f}{spread} | {ratio} | {r['precision']:.3f} | "
                      f"{r['recall']:.3f} | {r['ms_per_sample']:.3f} | {speed} |")
     if ref:

@@ -98,11 +98,11 @@ class TeacherVelocity:
         t = t.expand(B) if t.ndim == 0 else t
         x_p, t_p = trigflow_to_process(x_t, t, self.process, self.sigma_data)
         w = self.guidance_scale if guidance is None else guidance
-        w = torch.as_tensor(w, dtype=x_t.dtype, device=x_t.device)
+        w = torch.as_tensor(w, dtype=x_t.dtype, device=x_t.device).expand(B)
         if self.guidance_interval is not None:
             inside = in_interval(self.process, t_p, self.guidance_interval).to(x_t.device)
             w = torch.where(inside, w, torch.ones_like(w))
-        guided = (w != 1.0).expand(B)
+        guided = w != 1.0
         if not bool(guided.any()):  # the conditional teacher: no guidance, one call
             return self.denoiser(x_p, t_p, **cond).to(x_t.dtype)
         uncond = self._uncond(cond)
@@ -114,8 +114,7 @@ class TeacherVelocity:
                 for k in cond}
         x0 = self.denoiser(torch.cat([x_p, x_p[g]]), torch.cat([t_p, t_p[g]]), **both).to(x_t.dtype)
         x0_c, x0_u = x0[:B], x0[B:]
-        w_g = w.expand(B)[g]
-        return x0_c.index_copy(0, g, x0_u + _bcast(w_g, x0_u) * (x0_c[g] - x0_u))
+        return x0_c.index_copy(0, g, x0_u + _bcast(w[g], x0_u) * (x0_c[g] - x0_u))
 
     def __call__(self, x_t: Tensor, t, guidance=None, **cond) -> Tensor:
         """dx_t/dt = (cos(t) x_t - x0) / sin(t)."""
