@@ -14,6 +14,7 @@ import yaml
 from fewstep.training import (PRESETS, NonFiniteLossError, Trainer, TrainConfig, get_preset, latest_checkpoint,
                               load_checkpoint, resolve_config)
 from fewstep.training.cli import add_train_parser, main
+from fewstep.training.checkpoint import checkpoint_step, list_checkpoints
 
 
 @pytest.fixture(autouse=True)
@@ -88,6 +89,20 @@ def test_checkpoint_files(tmp_path):
         load_checkpoint(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="no checkpoint"):
         load_checkpoint(tmp_path.parent)
+
+
+def test_keep_every_keeps_milestones(tmp_path):
+    cfg = rich_config(steps=10, checkpoint_every=1, keep_checkpoints=2, keep_every=4)
+    Trainer(cfg, out=tmp_path).fit()
+    steps = [checkpoint_step(p) for p in list_checkpoints(tmp_path / "checkpoints")]
+    assert steps == [4, 8, 9, 10]  # the milestones plus the 2 newest others
+    # a resumed run picks the newest, not a milestone
+    resumed = Trainer(cfg.replace(steps=12), out=tmp_path, resume=True)
+    assert resumed.step == 10
+    with pytest.raises(ValueError, match="keep_every"):
+        cfg.replace(keep_every=-1)
+    with pytest.raises(ValueError, match="named like a checkpoint"):
+        checkpoint_step(tmp_path / "config.yaml")
 
 
 def _inject_nan(trainer, steps):

@@ -24,7 +24,7 @@ from torch import Tensor
 from ..atomic import atomic_write_bytes, atomic_write_text
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
-           "list_checkpoints", "optimizer_state_to_flat", "optimizer_state_from_flat", "encode_state", "decode_state"]
+           "list_checkpoints", "checkpoint_step", "optimizer_state_to_flat", "optimizer_state_from_flat", "encode_state", "decode_state"]
 
 _NAME = re.compile(r"^ckpt-(\d{8,})\.json$")
 
@@ -70,6 +70,14 @@ def optimizer_state_from_flat(tensors: dict[str, Tensor], scalars: dict) -> dict
     return {"state": state, "param_groups": groups}
 
 
+def checkpoint_step(path) -> int:
+    """The step in a checkpoint's name (ckpt-<step>.json)."""
+    m = _NAME.match(Path(path).name)
+    if m is None:
+        raise ValueError(f"{str(path)!r} is not named like a checkpoint (ckpt-<step>.json)")
+    return int(m.group(1))
+
+
 def list_checkpoints(directory) -> list[Path]:
     """Complete checkpoints (JSON whose tensor file exists) in `directory`, oldest first."""
     directory = Path(directory)
@@ -88,8 +96,13 @@ def latest_checkpoint(directory) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(directory, step: int, tensors: dict[str, Tensor], meta: dict, keep: int | None = None) -> Path:
-    """Write the pair for `step` (atomically, JSON last), prune to the newest `keep`; returns the JSON path."""
+def save_checkpoint(directory, step: int, tensors: dict[str, Tensor], meta: dict, keep: int | None = None,
+                    keep_every: int = 0) -> Path:
+    """Write the pair for `step` (atomically, JSON last), prune to the newest `keep`; returns the JSON path.
+
+    With keep_every = k > 0 the checkpoints of steps that are multiples of k are never pruned (nor
+    counted among the `keep` newest): the milestones a benchmark compares survive a long run.
+    """
     from safetensors.torch import save
 
     directory = Path(directory)
@@ -100,7 +113,8 @@ def save_checkpoint(directory, step: int, tensors: dict[str, Tensor], meta: dict
     meta = {**meta, "step": int(step), "tensors": f"{stem}.safetensors", "format": "fewstep-train-1"}
     path = atomic_write_text(directory / f"{stem}.json", json.dumps(meta, indent=1))
     if keep is not None:
-        for old in list_checkpoints(directory)[:-keep]:
+        prunable = [p for p in list_checkpoints(directory) if not (keep_every and checkpoint_step(p) % keep_every == 0)]
+        for old in prunable[:-keep]:
             old.with_suffix(".safetensors").unlink(missing_ok=True)
             old.unlink(missing_ok=True)
     return path

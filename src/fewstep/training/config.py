@@ -54,9 +54,10 @@ class TrainConfig:
                  together), accum_steps (gradient accumulation)
     EMA:         ema_half_life (images), ema_warmup_ratio (None = off)
     run:         precision (fp32 | bf16: autocast on CUDA only), seed, device (auto | cpu | cuda...)
-    output:      out (directory), checkpoint_every (steps; 0 = at the end only), keep_checkpoints,
-                 log_every, progress, tensorboard, max_bad_steps (consecutive non-finite steps
-                 tolerated before stopping)
+    output:      out (directory), checkpoint_every (steps; 0 = at the end only), keep_checkpoints
+                 (the newest kept), keep_every (k > 0: the checkpoints of steps divisible by k are
+                 kept besides, never pruned), log_every, progress, tensorboard, max_bad_steps
+                 (consecutive non-finite steps tolerated before stopping)
     consistency: method ("diffusion" = the denoising objective above; "sct" / "scd" = sCM consistency
                  training / distillation, fewstep.distill: the model becomes a TrigFlow student on
                  TrigFlow(sigma_data): process, prediction, timesteps and weighting are then set to
@@ -115,6 +116,7 @@ class TrainConfig:
     out: str | None = None
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
+    keep_every: int = 0
     log_every: int = 50
     progress: bool = True
     tensorboard: bool = False
@@ -171,6 +173,7 @@ class TrainConfig:
         need(self.sigma_data > 0, f"sigma_data must be positive, got {self.sigma_data}")
         need(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         need(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        need(self.keep_every >= 0, f"keep_every must be >= 0 (0 = off), got {self.keep_every}")
         need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
         need(self.max_bad_steps >= 0, f"max_bad_steps must be >= 0, got {self.max_bad_steps}")
         need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),

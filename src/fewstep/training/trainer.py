@@ -400,7 +400,8 @@ class Trainer:
                 from ..distill.reparam import student_spec
 
                 meta["student"] = student_spec(self.net)
-            path = save_checkpoint(directory, self.step, tensors, meta, keep=self.config.keep_checkpoints)
+            path = save_checkpoint(directory, self.step, tensors, meta, keep=self.config.keep_checkpoints,
+                                   keep_every=self.config.keep_every)
             self.last_checkpoint = path
         D.barrier(self.dist)
         return path
