@@ -24,7 +24,8 @@ from torch import Tensor
 from ..atomic import atomic_write_bytes, atomic_write_text
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
-           "list_checkpoints", "checkpoint_step", "optimizer_state_to_flat", "optimizer_state_from_flat", "encode_state", "decode_state"]
+           "list_checkpoints", "checkpoint_step", "optimizer_state_to_flat", "optimizer_state_from_flat",
+           "encode_state", "decode_state"]
 
 _NAME = re.compile(r"^ckpt-(\d{8,})\.json$")
 
@@ -113,7 +114,7 @@ def save_checkpoint(directory, step: int, tensors: dict[str, Tensor], meta: dict
     meta = {**meta, "step": int(step), "tensors": f"{stem}.safetensors", "format": "fewstep-train-1"}
     path = atomic_write_text(directory / f"{stem}.json", json.dumps(meta, indent=1))
     if keep is not None:
-        prunable = [p for p in list_checkpoints(directory) if not (keep_every and checkpoint_step(p) % keep_every == 0)]
+        prunable = [p for p in list_checkpoints(directory) if keep_every <= 0 or checkpoint_step(p) % keep_every]
         for old in prunable[:-keep]:
             old.with_suffix(".safetensors").unlink(missing_ok=True)
             old.unlink(missing_ok=True)
