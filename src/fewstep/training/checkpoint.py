@@ -71,25 +71,35 @@ def optimizer_state_from_flat(tensors: dict[str, Tensor], scalars: dict) -> dict
     return {"state": state, "param_groups": groups}
 
 
+def _step_in_name(name: str) -> int | None:
+    m = _NAME.match(name)
+    return int(m.group(1)) if m else None
+
+
 def checkpoint_step(path) -> int:
     """The step in a checkpoint's name (ckpt-<step>.json)."""
-    m = _NAME.match(Path(path).name)
-    if m is None:
+    step = _step_in_name(Path(path).name)
+    if step is None:
         raise ValueError(f"{str(path)!r} is not named like a checkpoint (ckpt-<step>.json)")
-    return int(m.group(1))
+    return step
 
 
-def list_checkpoints(directory) -> list[Path]:
-    """Complete checkpoints (JSON whose tensor file exists) in `directory`, oldest first."""
+def _numbered_checkpoints(directory) -> list[tuple[int, Path]]:
+    """(step, JSON path) of the complete checkpoints in `directory`, oldest first."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
     found = []
     for p in directory.iterdir():
-        m = _NAME.match(p.name)
-        if m and p.with_suffix(".safetensors").is_file():
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
+        step = _step_in_name(p.name)
+        if step is not None and p.with_suffix(".safetensors").is_file():
+            found.append((step, p))
+    return sorted(found)
+
+
+def list_checkpoints(directory) -> list[Path]:
+    """Complete checkpoints (JSON whose tensor file exists) in `directory`, oldest first."""
+    return [p for _, p in _numbered_checkpoints(directory)]
 
 
 def latest_checkpoint(directory) -> Path | None:
@@ -114,7 +124,7 @@ def save_checkpoint(directory, step: int, tensors: dict[str, Tensor], meta: dict
     meta = {**meta, "step": int(step), "tensors": f"{stem}.safetensors", "format": "fewstep-train-1"}
     path = atomic_write_text(directory / f"{stem}.json", json.dumps(meta, indent=1))
     if keep is not None:
-        prunable = [p for p in list_checkpoints(directory) if keep_every <= 0 or checkpoint_step(p) % keep_every]
+        prunable = [p for s, p in _numbered_checkpoints(directory) if keep_every <= 0 or s % keep_every]
         for old in prunable[:-keep]:
             old.with_suffix(".safetensors").unlink(missing_ok=True)
             old.unlink(missing_ok=True)
