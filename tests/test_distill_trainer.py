@@ -77,7 +77,26 @@ def test_student_init_from_an_earlier_student(tmp_path, teacher_dir):
         trainer.net.train()
         trainer.fit()
     with pytest.raises(ValueError, match="student_init must be"):
-        _scd(teacher_dir, student_init=str(tmp_path / "missing"))
+        Trainer(_scd(teacher_dir, student_init=str(tmp_path / "missing")))
+
+
+def test_student_loads_after_its_init_is_gone(tmp_path, teacher_dir):
+    """A student's checkpoint and model file record its student_init; loading them for sampling needs
+    only their own weights, so they still load once that init is deleted (a replaced model file, a
+    run directory cleaned up, another working directory)."""
+    import shutil
+
+    from fewstep.export import export_model
+
+    Trainer(_scd(teacher_dir), out=tmp_path / "first").fit()
+    Trainer(_scd(teacher_dir, student_init=str(tmp_path / "first"), steps=2), out=tmp_path / "second").fit()
+    export_model(str(tmp_path / "second"), tmp_path / "second-file")
+    x, t = torch.randn(4, 2), torch.linspace(0.1, 1.4, 4)
+    before = load_denoiser(str(tmp_path / "second")).model.consistency(x, t)
+    shutil.rmtree(tmp_path / "first")
+    for spec in (tmp_path / "second", tmp_path / "second-file.json"):
+        with torch.no_grad():
+            torch.testing.assert_close(load_denoiser(str(spec)).model.consistency(x, t), before.detach())
 
 
 def test_scd_resume_is_bit_identical(tmp_path, teacher_dir):
@@ -153,7 +172,7 @@ def test_fewstep_distill_cli_scd_and_sct(tmp_path, teacher_dir, capsys):
 ])
 def test_bad_distill_configs(overrides, match):
     with pytest.raises(ValueError, match=match):
-        resolve_config("toy-tiny", overrides)
+        resolve_config("toy-tiny", overrides).check_sources()  # what `fewstep distill` checks before it starts
 
 
 def test_distill_cli_errors_are_one_line(tmp_path, capsys):

@@ -140,6 +140,17 @@ class TrainConfig:
         self.validate()
 
     # ----- validation -----
+    def check_sources(self) -> None:
+        """Refuse a student_init that names no model here. Not part of `validate`: a finished run's
+        config (in its checkpoints and model files) must load after its init has been moved or deleted,
+        or from another working directory; the Trainer calls this before it loads anything."""
+        if self.student_init not in ("teacher", "scratch"):
+            from ..pretrained import shipped_models
+
+            if not (self.student_init in shipped_models() or Path(self.student_init).exists()):
+                raise ValueError(f"config: student_init must be 'teacher', 'scratch' or a checkpoint / run "
+                                 f"directory / model file / shipped model, got {self.student_init!r} (not found)")
+
     def validate(self) -> None:
         from ..predictions import PREDICTIONS
         from .timesteps import make_sampler, sampler_class
@@ -179,12 +190,6 @@ class TrainConfig:
         need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
              f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.student_init not in ("teacher", "scratch"):
-            from ..pretrained import shipped_models
-
-            need(self.student_init in shipped_models() or Path(self.student_init).exists(),
-                 f"student_init must be 'teacher', 'scratch' or a checkpoint / run directory / model file / "
-                 f"shipped model, got {self.student_init!r} (not found)")
         if self.method == "scd":
             need(bool(self.teacher),
                  "method=scd needs teacher= (a checkpoint, run directory, model file or shipped model name)")

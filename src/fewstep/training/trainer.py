@@ -164,6 +164,7 @@ class Trainer:
             cfg = cfg.replace(out=str(out))
         if progress is not None:
             cfg = cfg.replace(progress=bool(progress))
+        cfg.check_sources()
         self.config = cfg
         self.dist, self.device = D.setup(cfg.device)
         if cfg.batch_size % (cfg.accum_steps * self.dist.world_size):
