@@ -155,8 +155,8 @@ def run_train(args) -> int:
                   f"t~{c.timesteps:<8} w={c.weighting:<6} batch {c.batch_size} x {c.steps} steps")
         return 0
     cfg = _resolve(args)
-    cfg.check_sources()
     if args.dry_run:
+        cfg.check_sources()  # a real run has the Trainer check them
         sys.stdout.write(cfg.to_yaml())
         return 0
     from .trainer import NonFiniteLossError, Trainer
