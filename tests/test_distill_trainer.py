@@ -99,6 +99,28 @@ def test_student_loads_after_its_init_is_gone(tmp_path, teacher_dir):
             torch.testing.assert_close(load_denoiser(str(spec)).model.consistency(x, t), before)
 
 
+def test_resume_after_its_student_init_is_gone(tmp_path, teacher_dir):
+    """Resuming rebuilds the student from its checkpoint's spec, not from student_init: a run goes on
+    bit-identically after its init is deleted; a run with no checkpoint yet still needs the init."""
+    import shutil
+
+    Trainer(_scd(teacher_dir), out=tmp_path / "first").fit()
+    cfg = _scd(teacher_dir, student_init=str(tmp_path / "first"), steps=4)
+    straight = Trainer(cfg, out=tmp_path / "a")
+    straight.fit()
+    Trainer(cfg, out=tmp_path / "b").fit(until=2)
+    shutil.rmtree(tmp_path / "first")
+    resumed = Trainer(cfg, out=tmp_path / "b", resume=True)
+    assert resumed.step == 2
+    resumed.fit()
+    a, b = _state(straight), _state(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    with pytest.raises(ValueError, match="student_init.*not found"):
+        Trainer(cfg, out=tmp_path / "c", resume=True)
+
+
 def test_scd_resume_is_bit_identical(tmp_path, teacher_dir):
     cfg = _scd(teacher_dir)
     straight = Trainer(cfg, out=tmp_path / "a")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import warnings
 
 from ..processes import TrigFlow
-from .reparam import student_from_teacher
+from .reparam import build_student_from_spec, student_from_teacher
 from .scm import SCMConfig, SCMLoss
 from .teacher import TeacherVelocity
 from .trigflow import build_student
@@ -29,8 +29,13 @@ from .trigflow import build_student
 __all__ = ["build_consistency"]
 
 
-def build_consistency(cfg, num_classes: int, device, generator, rank: int = 0, world_size: int = 1):
-    """(student, process, loss_fn, teacher denoiser or None) for a method "sct" / "scd" config."""
+def build_consistency(cfg, num_classes: int, device, generator, rank: int = 0, world_size: int = 1,
+                      student_spec: dict | None = None):
+    """(student, process, loss_fn, teacher denoiser or None) for a method "sct" / "scd" config.
+
+    student_spec: a checkpoint's "student" entry; the student is then built from it (weights to be
+    loaded from that checkpoint) instead of from student_init, which a resumed run need not still have.
+    """
     from ..pretrained import load_denoiser
 
     sd = cfg.sigma_data
@@ -40,11 +45,13 @@ def build_consistency(cfg, num_classes: int, device, generator, rank: int = 0, w
     if cfg.method == "scd":
         teacher = load_denoiser(cfg.teacher, device=device)
         _check_classes(teacher, num_classes, cfg.dataset, "the teacher")
-    source = teacher if cfg.student_init == "teacher" else None
-    if cfg.student_init not in ("teacher", "scratch"):
+    source = teacher if cfg.student_init == "teacher" and student_spec is None else None
+    if student_spec is None and cfg.student_init not in ("teacher", "scratch"):
         source = load_denoiser(cfg.student_init, device=device)
         _check_classes(source, num_classes, cfg.dataset, f"the student_init model {cfg.student_init!r}")
-    if source is not None:
+    if student_spec is not None:
+        student = build_student_from_spec(student_spec)
+    elif source is not None:
         ignored = sorted(set(cfg.model_args) - {"dropout", "channel_mult"})
         if ignored:
             warnings.warn(f"student_init={cfg.student_init}: the student copies that network; model_args "

@@ -23,8 +23,8 @@ from torch import Tensor
 
 from ..atomic import atomic_write_bytes, atomic_write_text
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
-           "list_checkpoints", "checkpoint_step", "optimizer_state_to_flat", "optimizer_state_from_flat",
+__all__ = ["atomic_write_bytes", "atomic_write_text", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta",
+           "latest_checkpoint", "list_checkpoints", "checkpoint_step", "optimizer_state_to_flat", "optimizer_state_from_flat",
            "encode_state", "decode_state"]
 
 _NAME = re.compile(r"^ckpt-(\d{8,})\.json$")
@@ -135,6 +135,16 @@ def load_checkpoint(path) -> tuple[dict, dict[str, Tensor]]:
     """(meta, tensors) from a checkpoint JSON path or a directory (its latest checkpoint)."""
     from safetensors.torch import load_file
 
+    path, meta = _read_meta(path)
+    return meta, load_file(str(path.parent / meta["tensors"]), device="cpu")
+
+
+def read_checkpoint_meta(path) -> dict:
+    """A checkpoint's JSON (as `load_checkpoint`, without reading its tensors)."""
+    return _read_meta(path)[1]
+
+
+def _read_meta(path) -> tuple[Path, dict]:
     path = Path(path)
     if path.is_dir():
         found = latest_checkpoint(path) or latest_checkpoint(path / "checkpoints")
@@ -152,4 +162,4 @@ def load_checkpoint(path) -> tuple[dict, dict[str, Tensor]]:
     tensor_path = path.parent / meta["tensors"]
     if not tensor_path.is_file():
         raise ValueError(f"checkpoint {path} names a missing tensor file {tensor_path.name}")
-    return meta, load_file(str(tensor_path), device="cpu")
+    return path, meta

@@ -37,7 +37,7 @@ from ..models import build_model
 from ..predictions import wrap
 from . import distributed as D
 from .checkpoint import (decode_state, encode_state, latest_checkpoint, load_checkpoint, optimizer_state_from_flat,
-                         optimizer_state_to_flat, save_checkpoint)
+                         optimizer_state_to_flat, read_checkpoint_meta, save_checkpoint)
 from .config import build_process, resolve_config
 from .ema import EMA
 from .losses import DiffusionLoss
@@ -164,14 +164,22 @@ class Trainer:
             cfg = cfg.replace(out=str(out))
         if progress is not None:
             cfg = cfg.replace(progress=bool(progress))
-        cfg.check_sources()
         self.config = cfg
         self.dist, self.device = D.setup(cfg.device)
+        self.out = Path(cfg.out) if cfg.out else None
+        self.ckpt_dir = self.out / "checkpoints" if self.out else None
+        resume_path = None
+        if resume:
+            if isinstance(resume, bool) and self.ckpt_dir is None:
+                raise ValueError("resume=True needs an output directory (out=...)")
+            resume_path = latest_checkpoint(self.ckpt_dir) if isinstance(resume, bool) else resume
+        # a resumed consistency student is rebuilt from its checkpoint's spec: its student_init may be gone
+        student_spec = read_checkpoint_meta(resume_path).get("student") if resume_path is not None else None
+        if student_spec is None:
+            cfg.check_sources()
         if cfg.batch_size % (cfg.accum_steps * self.dist.world_size):
             raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by accum_steps x world_size "
                              f"({cfg.accum_steps} x {self.dist.world_size})")
-        self.out = Path(cfg.out) if cfg.out else None
-        self.ckpt_dir = self.out / "checkpoints" if self.out else None
         if cfg.precision == "bf16" and self.device.type != "cuda":
             warnings.warn("precision=bf16 autocasts on CUDA only; training in float32 on " + self.device.type)
 
@@ -207,7 +215,8 @@ class Trainer:
             from ..distill.setup import build_consistency
 
             self.net, self.process, self.loss_fn, self.teacher = build_consistency(
-                cfg, self.num_classes, self.device, self.generator, self.dist.rank, self.dist.world_size)
+                cfg, self.num_classes, self.device, self.generator, self.dist.rank, self.dist.world_size,
+                student_spec=student_spec)
             self.sampler = None
         self.objective = _Objective(self.net, self.loss_fn)
         if self.dist.distributed:
@@ -232,11 +241,8 @@ class Trainer:
         self.last_checkpoint: Path | None = None
 
         if resume:
-            if isinstance(resume, bool) and self.ckpt_dir is None:
-                raise ValueError("resume=True needs an output directory (out=...)")
-            path = latest_checkpoint(self.ckpt_dir) if isinstance(resume, bool) else resume
-            if path is not None:
-                self.load_checkpoint(path)
+            if resume_path is not None:
+                self.load_checkpoint(resume_path)
             elif self.dist.is_main:
                 warnings.warn(f"resume: no checkpoint in {self.ckpt_dir}; starting from scratch")
 
