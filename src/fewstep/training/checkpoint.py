@@ -24,8 +24,8 @@ from torch import Tensor
 from ..atomic import atomic_write_bytes, atomic_write_text
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta",
-           "latest_checkpoint", "list_checkpoints", "checkpoint_step", "optimizer_state_to_flat", "optimizer_state_from_flat",
-           "encode_state", "decode_state"]
+           "latest_checkpoint", "list_checkpoints", "checkpoint_step", "optimizer_state_to_flat",
+           "optimizer_state_from_flat", "encode_state", "decode_state"]
 
 _NAME = re.compile(r"^ckpt-(\d{8,})\.json$")
 

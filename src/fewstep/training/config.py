@@ -143,8 +143,8 @@ class TrainConfig:
     def check_sources(self) -> None:
         """Refuse a student_init that names no model here. Not part of `validate`: a finished run's
         config (in its checkpoints and model files) must load after its init has been moved or deleted,
-        or from another working directory. The Trainer calls this before it loads anything, unless it resumes
-        a consistency checkpoint (whose student it rebuilds from the checkpoint's own spec)."""
+        or from another working directory. The Trainer calls this before it loads anything, unless it
+        resumes a consistency checkpoint (whose student it rebuilds from the checkpoint's own spec)."""
         if self.student_init not in ("teacher", "scratch"):
             from ..pretrained import shipped_models
 
