@@ -45,27 +45,35 @@ def build_consistency(cfg, num_classes: int, device, generator, rank: int = 0, w
     if cfg.method == "scd":
         teacher = load_denoiser(cfg.teacher, device=device)
         _check_classes(teacher, num_classes, cfg.dataset, "the teacher")
-    source = teacher if cfg.student_init == "teacher" and student_spec is None else None
-    if student_spec is None and cfg.student_init not in ("teacher", "scratch"):
-        source = load_denoiser(cfg.student_init, device=device)
-        _check_classes(source, num_classes, cfg.dataset, f"the student_init model {cfg.student_init!r}")
-    if student_spec is not None:
+    if student_spec is not None:  # a resumed run: its checkpoint's student, whatever student_init names now
         student = build_student_from_spec(student_spec)
-    elif source is not None:
-        ignored = sorted(set(cfg.model_args) - {"dropout", "channel_mult"})
-        if ignored:
-            warnings.warn(f"student_init={cfg.student_init}: the student copies that network; model_args "
-                          f"{ignored} are ignored (only dropout and a wider UNet channel_mult apply to a copy)")
-        student = student_from_teacher(source, sd, guidance=guided, dropout=cfg.model_args.get("dropout"),
-                                       channel_mult=cfg.model_args.get("channel_mult"))
     else:
-        student = build_student(cfg.model, sd, guidance=guided, num_classes=num_classes, **cfg.model_args)
+        student = _student_from_init(cfg, teacher, guided, num_classes, device)
     velocity = (TeacherVelocity(teacher, sd, guidance_scale=scm.guidance, guidance_interval=scm.guidance_interval)
                 if teacher is not None else None)
     p_uncond = cfg.p_uncond if (cfg.method == "sct" and num_classes) else 0.0
     loss = SCMLoss(scm.replace(p_uncond=p_uncond), velocity, num_classes=num_classes, generator=generator,
                    rank=rank, world_size=world_size)
     return student.to(device), TrigFlow(sigma_data=sd), loss.to(device), teacher
+
+
+def _student_from_init(cfg, teacher, guided: bool, num_classes: int, device):
+    """A new student as cfg.student_init says: a copy of the teacher or of another model, or from scratch."""
+    from ..pretrained import load_denoiser
+
+    sd = cfg.sigma_data
+    source = teacher if cfg.student_init == "teacher" else None
+    if cfg.student_init not in ("teacher", "scratch"):
+        source = load_denoiser(cfg.student_init, device=device)
+        _check_classes(source, num_classes, cfg.dataset, f"the student_init model {cfg.student_init!r}")
+    if source is None:
+        return build_student(cfg.model, sd, guidance=guided, num_classes=num_classes, **cfg.model_args)
+    ignored = sorted(set(cfg.model_args) - {"dropout", "channel_mult"})
+    if ignored:
+        warnings.warn(f"student_init={cfg.student_init}: the student copies that network; model_args "
+                      f"{ignored} are ignored (only dropout and a wider UNet channel_mult apply to a copy)")
+    return student_from_teacher(source, sd, guidance=guided, dropout=cfg.model_args.get("dropout"),
+                                channel_mult=cfg.model_args.get("channel_mult"))
 
 
 def _check_classes(model, num_classes: int, dataset: str, what: str) -> None:
