@@ -99,9 +99,10 @@ def test_student_loads_after_its_init_is_gone(tmp_path, teacher_dir):
             torch.testing.assert_close(load_denoiser(str(spec)).model.consistency(x, t), before)
 
 
-def test_resume_after_its_student_init_is_gone(tmp_path, teacher_dir):
+def test_resume_after_its_student_init_is_gone(tmp_path, teacher_dir, capsys):
     """Resuming rebuilds the student from its checkpoint's spec, not from student_init: a run goes on
-    bit-identically after its init is deleted; a run with no checkpoint yet still needs the init."""
+    bit-identically after its init is deleted (and `--dry-run --resume` accepts it); a run with no
+    checkpoint yet still needs the init."""
     import shutil
 
     Trainer(_scd(teacher_dir), out=tmp_path / "first").fit()
@@ -110,6 +111,11 @@ def test_resume_after_its_student_init_is_gone(tmp_path, teacher_dir):
     straight.fit()
     Trainer(cfg, out=tmp_path / "b").fit(until=2)
     shutil.rmtree(tmp_path / "first")
+    assert fewstep_main(["distill", "--out", str(tmp_path / "b"), "--resume", "--dry-run"]) == 0
+    assert "student_init" in capsys.readouterr().out
+    saved = str(tmp_path / "b" / "config.yaml")
+    assert fewstep_main(["distill", saved, "--out", str(tmp_path / "c"), "--resume", "--dry-run"]) == 2
+    assert "not found" in capsys.readouterr().err
     resumed = Trainer(cfg, out=tmp_path / "b", resume=True)
     assert resumed.step == 2
     resumed.fit()

@@ -156,7 +156,9 @@ def run_train(args) -> int:
         return 0
     cfg = _resolve(args)
     if args.dry_run:
-        cfg.check_sources()  # a real run has the Trainer check them
+        from .trainer import check_sources, resume_checkpoint
+
+        check_sources(cfg, resume_checkpoint(cfg, args.resume))  # as the Trainer of a real run does
         sys.stdout.write(cfg.to_yaml())
         return 0
     from .trainer import NonFiniteLossError, Trainer

@@ -144,6 +144,27 @@ def _json_safe(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def resume_checkpoint(cfg, resume) -> Path | None:
+    """The checkpoint a run of `cfg` continues from: None for resume=False (or True with no checkpoint
+    in out/checkpoints yet), the latest there for resume=True, else `resume` itself (a path)."""
+    if not resume:
+        return None
+    if isinstance(resume, bool):
+        if not cfg.out:
+            raise ValueError("resume=True needs an output directory (out=...)")
+        return latest_checkpoint(Path(cfg.out) / "checkpoints")
+    return Path(resume)
+
+
+def check_sources(cfg, resume_path) -> dict | None:
+    """The student spec a resumed consistency checkpoint records (its student is rebuilt from it, so
+    its student_init may be gone); without one, `cfg.check_sources()` (a missing init is refused), None."""
+    spec = read_checkpoint_meta(resume_path).get("student") if resume_path is not None else None
+    if spec is None:
+        cfg.check_sources()
+    return spec
+
+
 class Trainer:
     """Trains a diffusion model as described by a `TrainConfig` (or a preset name / YAML path / dict).
 
@@ -168,15 +189,8 @@ class Trainer:
         self.dist, self.device = D.setup(cfg.device)
         self.out = Path(cfg.out) if cfg.out else None
         self.ckpt_dir = self.out / "checkpoints" if self.out else None
-        resume_path = None
-        if resume:
-            if isinstance(resume, bool) and self.ckpt_dir is None:
-                raise ValueError("resume=True needs an output directory (out=...)")
-            resume_path = latest_checkpoint(self.ckpt_dir) if isinstance(resume, bool) else resume
-        # a resumed consistency student is rebuilt from its checkpoint's spec: its student_init may be gone
-        student_spec = read_checkpoint_meta(resume_path).get("student") if resume_path is not None else None
-        if student_spec is None:
-            cfg.check_sources()
+        resume_path = resume_checkpoint(cfg, resume)
+        student_spec = check_sources(cfg, resume_path)
         if cfg.batch_size % (cfg.accum_steps * self.dist.world_size):
             raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by accum_steps x world_size "
                              f"({cfg.accum_steps} x {self.dist.world_size})")
