@@ -156,9 +156,9 @@ def run_train(args) -> int:
         return 0
     cfg = _resolve(args)
     if args.dry_run:
-        from .trainer import check_sources, resume_checkpoint
+        from .trainer import resume_checkpoint, resumed_student_spec
 
-        check_sources(cfg, resume_checkpoint(cfg, args.resume))  # as the Trainer of a real run does
+        resumed_student_spec(cfg, resume_checkpoint(cfg, args.resume))  # checks sources as a real run does
         sys.stdout.write(cfg.to_yaml())
         return 0
     from .trainer import NonFiniteLossError, Trainer

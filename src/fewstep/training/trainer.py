@@ -156,7 +156,7 @@ def resume_checkpoint(cfg, resume) -> Path | None:
     return Path(resume)
 
 
-def check_sources(cfg, resume_path) -> dict | None:
+def resumed_student_spec(cfg, resume_path) -> dict | None:
     """The student spec a resumed consistency checkpoint records (its student is rebuilt from it, so
     its student_init may be gone); without one, `cfg.check_sources()` (a missing init is refused), None."""
     spec = read_checkpoint_meta(resume_path).get("student") if resume_path is not None else None
@@ -190,7 +190,7 @@ class Trainer:
         self.out = Path(cfg.out) if cfg.out else None
         self.ckpt_dir = self.out / "checkpoints" if self.out else None
         resume_path = resume_checkpoint(cfg, resume)
-        student_spec = check_sources(cfg, resume_path)
+        student_spec = resumed_student_spec(cfg, resume_path)
         if cfg.batch_size % (cfg.accum_steps * self.dist.world_size):
             raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by accum_steps x world_size "
                              f"({cfg.accum_steps} x {self.dist.world_size})")
