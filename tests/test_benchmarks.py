@@ -200,3 +200,45 @@ def test_consistency_benchmark_samples_a_guidance_conditioned_student_at_each_sc
     assert rows[0]["fd"] != rows[1]["fd"] and rows[1]["solver"] == "consistency, input w 3"
     with pytest.raises(SystemExit, match="guidance-conditioned: give --student-guidance"):
         consistency.main([*common, "--out", str(tmp_path / "out")])
+
+
+def test_consistency_handoff_reproduces_the_samplers_and_refuses_bad_pairs(tmp_path):
+    """benchmarks/consistency_handoff.py on digits (64 samples): its own 2-step and teacher rows are the
+    library's samplers on the same noise (FD equal to `generate`'s), the teacher continued from the
+    student's intermediate state gets a row per call count, and wrong pairs or options are refused."""
+    import torch
+
+    from fewstep.commands.common import generate
+    from fewstep.commands.evaluate import extractor_for, reference_features, scores
+    from fewstep.pretrained import load_denoiser
+
+    torch.set_num_threads(1)
+    handoff = _script("consistency_handoff")
+    common = ["--student", "digits-scd", "--teacher", "digits-teacher", "--n", "64", "--batch", "32"]
+    assert handoff.main([*common, "--teacher-nfe", "3,8", "--teacher-x0-nfe", "6", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "handoff_digits.json").read_text())["rows"]
+    by = {r["setting"]: r for r in rows}
+    assert [r["calls"] for r in rows] == [1, 2, 4, 9, 6, 7]
+    ext = extractor_for("classifier", "digits")
+    real, _ = reference_features(ext, "digits")
+
+    def fd(model, **opts):
+        x = generate(load_denoiser(model), 64, seed=0, batch_size=32, progress=False, **opts)[0]
+        return scores(ext, real, x)["fd"]
+
+    assert by["student 1 step"]["fd"] == pytest.approx(fd("digits-scd", solver="consistency", steps=1), rel=1e-4)
+    assert by["student 2 steps"]["fd"] == pytest.approx(fd("digits-scd", solver="consistency", steps=2), rel=1e-4)
+    assert by["teacher, 6 calls (the reference)"]["fd"] == pytest.approx(fd("digits-teacher", solver="dpm++2m",
+                                                                             steps=6), rel=1e-4)
+    # more teacher calls from the same intermediate state: a different (finer) solution
+    assert by["teacher from the student's x_mid, 3 calls"]["fd"] != by["teacher from the student's x_mid, 8 calls"]["fd"]
+    assert "| student 2 steps | 2 |" in (tmp_path / "handoff_digits.md").read_text()
+    assert (tmp_path / "handoff_digits.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="not a consistency model"):
+        handoff.main(["--student", "digits-teacher", "--teacher", "digits-teacher", "--n", "8"])
+    with pytest.raises(SystemExit, match="guidance-conditioned students only"):
+        handoff.main([*common, "--student-guidance", "1.5"])
+    with pytest.raises(SystemExit):
+        handoff.main([*common, "--t-mid", "2.0"])
+    with pytest.raises(SystemExit):
+        handoff.main([*common, "--teacher-guidance-interval", "0.3,5"])
