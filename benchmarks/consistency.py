@@ -146,6 +146,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=2, help="timing repeats (min is reported)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]; teacher rows reused with --teacher-rows keep "
+                    "the times of the device they were measured on (add --retime-teacher)")
     ap.add_argument("--seeds", default="0", help="comma list of noise seeds; FD / precision / recall are averaged "
                     "over them (timing uses the first)")
     ap.add_argument("--teacher-rows", default=None, metavar="JSON[,JSON...]",
@@ -176,14 +178,14 @@ def main(argv=None) -> int:
     if args.retime_teacher and not args.teacher_rows:
         raise SystemExit("--retime-teacher re-times reused teacher rows: give --teacher-rows")
     rows = load_teacher_rows(args.teacher_rows, setting) if args.teacher_rows else []  # before any costly work
-    T = load_denoiser(args.teacher)
+    T = load_denoiser(args.teacher, device=args.device)
     dataset = T.config["dataset"]
-    ext = extractor_for("classifier", dataset)
+    ext = extractor_for("classifier", dataset, device=args.device)
     real, _ = reference_features(ext, dataset)
     students = []  # loaded and checked before the teacher is sampled, which may take hours
     for spec in filter(None, args.students.split(",")):
         label, _, path = spec.partition("=")
-        S = load_denoiser(path)
+        S = load_denoiser(path, device=args.device)
         if S.config["dataset"] != dataset:
             raise SystemExit(f"student {path} was trained on {S.config['dataset']}, the teacher on {dataset}")
         if guidance_conditioned(S) and not student_ws:
@@ -193,6 +195,7 @@ def main(argv=None) -> int:
     def run(D, solver, steps, **options):
         """measure() on every seed: timing from the first (with warm-up and repeats), scores averaged."""
         runs = [measure(D, ext, real, args.n, solver=solver, steps=steps, seed=s, batch_size=args.batch,
+                        device=args.device,
                         warmup=min(64, args.n) if i == 0 else 0, repeats=args.repeats if i == 0 else 1, **options)[1]
                 for i, s in enumerate(seeds)]
         r = dict(runs[0])
@@ -206,7 +209,8 @@ def main(argv=None) -> int:
         r["ms_per_sample_stored"] = r["ms_per_sample"]
         batch = min(args.batch, args.n)  # one batch of the size the students are sampled in
         r["ms_per_sample"] = timed_samples(T, batch, solver=None if r["solver"] == "default" else r["solver"],
-                                           steps=r["nfe"], seed=seeds[0], batch_size=batch, warmup=min(64, batch),
+                                           steps=r["nfe"], seed=seeds[0], batch_size=batch, device=args.device,
+                                           warmup=min(64, batch),
                                            repeats=args.repeats, guidance=r.get("guidance"),
                                            guidance_interval=r.get("guidance_interval"))[2]
         print(f"teacher {r['solver']:<9} NFE {r['nfe']:>3}: re-timed {r['ms_per_sample']:.3f} ms/sample "
