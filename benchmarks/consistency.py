@@ -125,6 +125,13 @@ def load_teacher_rows(paths: str, setting: dict) -> list[dict]:
     return rows
 
 
+def device_name(device: str) -> str:
+    """The hardware a run was timed on, for the table's header."""
+    if device.startswith("cuda"):
+        return f"GPU {torch.cuda.get_device_name(torch.device(device))}"
+    return f"CPU {platform.processor() or platform.machine()}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", default="digits-teacher")
@@ -245,8 +252,7 @@ def main(argv=None) -> int:
              f"Teacher `{args.teacher}`; students {args.students}; FD = Frechet distance in the shipped "
              f"{dataset} classifier's feature space to the {len(real)} training images; {args.n} samples per "
              f"setting and seed (labels spread over the classes; FD, precision, recall: mean over noise seeds "
-             f"{args.seeds}, min-max in brackets), batch {args.batch}, CPU "
-             f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
+             f"{args.seeds}, min-max in brackets), batch {args.batch}, {device_name(args.device)}, torch {torch.__version__}, {torch.get_num_threads()} "
              f"threads; time = min of {args.repeats} runs."
              + (f" Teacher rows reused from `{args.teacher_rows}` ("
                 + ("FD from that run, timed again in this one" if args.retime_teacher else "timed in that run")

@@ -61,9 +61,10 @@ def test_teacher_time_at_fd_takes_the_fastest_guidance_scale_that_reaches_the_fd
 
 def test_consistency_benchmark_smoke(consistency, tmp_path):
     assert consistency.main(["--students", "sct=digits-sct", "--teacher-nfe", "3,4", "--teacher-solvers", "dpm++2m",
-                             "--student-steps", "1,2", "--n", "64", "--batch", "64", "--repeats", "1",
+                             "--student-steps", "1,2", "--n", "64", "--batch", "64", "--repeats", "1", "--device", "cpu",
                              "--out", str(tmp_path)]) == 0
     text = (tmp_path / "consistency_digits.md").read_text()
+    assert "batch 64, CPU " in text  # the hardware the times were taken on
     assert "Network parameters: teacher 1,742,433, sct 1,742,433." in text
     rows = json.loads((tmp_path / "consistency_digits.json").read_text())
     assert [(r["model"], r["nfe"]) for r in rows] == [("teacher", 3), ("teacher", 4), ("sct", 1), ("sct", 2)]
