@@ -252,8 +252,8 @@ def main(argv=None) -> int:
              f"Teacher `{args.teacher}`; students {args.students}; FD = Frechet distance in the shipped "
              f"{dataset} classifier's feature space to the {len(real)} training images; {args.n} samples per "
              f"setting and seed (labels spread over the classes; FD, precision, recall: mean over noise seeds "
-             f"{args.seeds}, min-max in brackets), batch {args.batch}, {device_name(args.device)}, torch {torch.__version__}, {torch.get_num_threads()} "
-             f"threads; time = min of {args.repeats} runs."
+             f"{args.seeds}, min-max in brackets), batch {args.batch}, {device_name(args.device)}, "
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads; time = min of {args.repeats} runs."
              + (f" Teacher rows reused from `{args.teacher_rows}` ("
                 + ("FD from that run, timed again in this one" if args.retime_teacher else "timed in that run")
                 + ")." if args.teacher_rows else ""),
