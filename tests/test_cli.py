@@ -41,6 +41,16 @@ def test_sample_eval_bench(tiny_run, tmp_path, capsys):
     assert "recommended:" in capsys.readouterr().out
 
 
+def test_no_progress(tiny_run, tmp_path, capsys):
+    """sample and eval draw a progress bar on stderr unless --no-progress is given."""
+    for cmd in ("sample", "eval"):
+        assert main([cmd, str(tiny_run), "--n", "6", "--steps", "2", "--out", str(tmp_path / cmd)]) == 0
+        assert "sampling" in capsys.readouterr().err
+        assert main([cmd, str(tiny_run), "--n", "6", "--steps", "2", "--no-progress", "--out",
+                     str(tmp_path / cmd)]) == 0
+        assert "sampling" not in capsys.readouterr().err
+
+
 def test_fit_solver_then_sample(tiny_run, tmp_path, capsys):
     """fit-solver writes a fitted solver that `sample --solver FILE.json` uses (with guidance too)."""
     fit = tmp_path / "fit3.json"

@@ -61,6 +61,7 @@ def add_sampling_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and labels")
     p.add_argument("--batch-size", type=int, default=256, help="samples per solver call")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while sampling (logs, scripts)")
 
 
 def guidance_arg(text: str):
@@ -80,7 +81,8 @@ def sampling_options(args) -> dict:
         from ..solvers.fitted import FittedSolver
 
         solver = FittedSolver.load(solver)
-    opts = {"solver": solver, "steps": args.steps, "order": args.order}
+    opts = {"solver": solver, "steps": args.steps, "order": args.order,
+            "progress": not getattr(args, "no_progress", False)}
     if args.spacing:
         opts["spacing"] = args.spacing
     interval = getattr(args, "guidance_interval", None)
