@@ -82,7 +82,7 @@ def sampling_options(args) -> dict:
 
         solver = FittedSolver.load(solver)
     opts = {"solver": solver, "steps": args.steps, "order": args.order,
-            "progress": not getattr(args, "no_progress", False)}
+            "progress": not args.no_progress}
     if args.spacing:
         opts["spacing"] = args.spacing
     interval = getattr(args, "guidance_interval", None)
