@@ -243,3 +243,71 @@ def test_consistency_handoff_reproduces_the_samplers_and_refuses_bad_pairs(tmp_p
         handoff.main([*common, "--t-mid", "2.0"])
     with pytest.raises(SystemExit):
         handoff.main([*common, "--teacher-guidance-interval", "0.3,5"])
+
+
+SEED_SETTING = {"teacher": "t", "n": 2000, "batch": 500, "guidance": 1.4}
+
+
+def _run(path, seeds, teacher=(), student=(), setting=SEED_SETTING, label="s"):
+    """A consistency.py JSON: teacher rows {nfe: [fd per seed]}, student rows {steps: [fd per seed]}."""
+    rows = [{"model": "teacher", "solver": "dpm++2m", "nfe": n, "fd": sum(f) / len(f), "fd_seeds": list(f),
+             "setting": {**setting, "seeds": list(seeds)}} for n, f in dict(teacher).items()]
+    rows += [{"model": label, "solver": "consistency", "nfe": k, "fd": sum(f) / len(f), "fd_seeds": list(f)}
+             for k, f in dict(student).items()]
+    path.write_text(json.dumps(rows))
+    return str(path)
+
+
+def test_consistency_seeds_pools_per_seed_references(tmp_path):
+    """benchmarks/consistency_seeds.py: each seed's reference is the teacher's best FD at >= 20 calls over
+    every run of that seed (a teacher-only 50-call run included, 10 calls never), multi-seed runs are split
+    by their fd_seeds, and the pooled figure is mean FD / mean reference, with the per-seed ratios' SE."""
+    seeds = _script("consistency_seeds")
+    runs = [_run(tmp_path / "a.json", [3], {10: [0.15], 20: [0.25]}, {1: [0.30], 2: [0.26]}),
+            _run(tmp_path / "b.json", [3], {50: [0.24]}),
+            _run(tmp_path / "c.json", [5], {20: [0.20], 50: [0.21]}, {1: [0.28], 2: [0.22]}),
+            _run(tmp_path / "d.json", [6, 7], {20: [0.30, 0.20]}, {1: [0.36, 0.26], 2: [0.36, 0.21]}, label="old")]
+    out = tmp_path / "pooled.md"
+    assert seeds.main([*runs, "--student", "s,old", "--seeds", "3,5,6,7", "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    refs = {3: (0.24, 50), 5: (0.20, 20), 6: (0.30, 20), 7: (0.20, 20)}
+    two = {3: 0.26, 5: 0.22, 6: 0.36, 7: 0.21}
+    for seed, (ref, nfe) in refs.items():
+        e = result["per_seed"][str(seed)]
+        assert (e["ref_fd"], e["ref_nfe"]) == (pytest.approx(ref), nfe)
+        assert e["2"]["ratio"] == pytest.approx(two[seed] / ref)
+    ratios = [two[s] / refs[s][0] for s in refs]
+    pooled = result["pooled"]["2"]
+    assert pooled["ratio_of_means"] == pytest.approx(sum(two.values()) / sum(r for r, _ in refs.values()))
+    assert pooled["mean_ratio"] == pytest.approx(sum(ratios) / 4)
+    mean = sum(ratios) / 4
+    assert pooled["se_ratio"] == pytest.approx(math.sqrt(sum((r - mean) ** 2 for r in ratios) / 3 / 4))
+    text = out.read_text()
+    assert "| 3 | 20: 0.2500, 50: 0.2400 | 0.2400 (50) |" in text
+    assert "**1.117x**" in text and "target <= 1.1x: NOT met" in text  # 1.05 / 0.94
+    # seeds 3 and 7 only: (0.26 + 0.21) / (0.24 + 0.20) = 1.068x, under the target
+    seeds.main([*runs, "--student", "s,old", "--seeds", "3,7", "--out", str(out)])
+    assert "**1.068x**" in out.read_text() and "target <= 1.1x: met" in out.read_text()
+
+
+def test_consistency_seeds_refuses_runs_it_cannot_pool(tmp_path):
+    seeds = _script("consistency_seeds")
+    good = _run(tmp_path / "a.json", [3], {20: [0.25]}, {2: [0.26]})
+    other_n = _run(tmp_path / "b.json", [4], {20: [0.25]}, {2: [0.26]}, setting={**SEED_SETTING, "n": 500})
+    with pytest.raises(SystemExit, match="measured with"):
+        seeds.main([good, other_n, "--student", "s"])
+    no_teacher = tmp_path / "c.json"
+    no_teacher.write_text(json.dumps([{"model": "s", "solver": "consistency", "nfe": 2, "fd": 0.3}]))
+    with pytest.raises(SystemExit, match="noise seeds are unknown"):
+        seeds.main([good, str(no_teacher), "--student", "s"])
+    with pytest.raises(SystemExit, match="no run has noise seed 9"):
+        seeds.main([good, "--student", "s", "--steps", "2", "--seeds", "3,9"])
+    with pytest.raises(SystemExit, match="no 1-step row"):
+        seeds.main([good, "--student", "s", "--steps", "1,2"])
+    with pytest.raises(SystemExit, match="no teacher DPM-Solver"):
+        seeds.main([_run(tmp_path / "e.json", [3], {10: [0.25]}, {2: [0.26]}), "--student", "s", "--steps", "2"])
+    clash = _run(tmp_path / "f.json", [3], {20: [0.25]}, {2: [0.29]})
+    with pytest.raises(SystemExit, match="runs disagree"):
+        seeds.main([good, clash, "--student", "s", "--steps", "2"])
+    with pytest.raises(SystemExit, match="cannot read"):
+        seeds.main([str(tmp_path / "missing.json"), "--student", "s"])
