@@ -150,8 +150,9 @@ def main(argv=None) -> int:
                 rows = json.loads(Path(path).read_text())
             except (OSError, ValueError) as e:
                 raise ValueError(f"{path}: cannot read it ({e})")
-            if not isinstance(rows, list):
-                raise ValueError(f"{path}: not a consistency.py JSON (a list of rows)")
+            if not isinstance(rows, list) or not all(isinstance(r, dict) and {"model", "solver", "nfe", "fd"} <= r.keys()
+                                                     for r in rows):
+                raise ValueError(f"{path}: not a consistency.py JSON (a list of rows with model, solver, nfe, fd)")
             runs.append((path, rows))
         setting, by_seed = per_seed_rows(runs)
         seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else sorted(by_seed)

@@ -311,3 +311,6 @@ def test_consistency_seeds_refuses_runs_it_cannot_pool(tmp_path):
         seeds.main([good, clash, "--student", "s", "--steps", "2"])
     with pytest.raises(SystemExit, match="cannot read"):
         seeds.main([str(tmp_path / "missing.json"), "--student", "s"])
+    (tmp_path / "g.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(SystemExit, match="not a consistency.py JSON"):
+        seeds.main([str(tmp_path / "g.json"), "--student", "s"])
