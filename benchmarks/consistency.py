@@ -70,6 +70,15 @@ def time_at_fd(teacher_rows, fd) -> tuple[float | None, bool]:
     return None, False
 
 
+TARGETS = {1: 1.5, 2: 1.1}  # the consistency issue's targets: student FD / reference FD, by step count
+
+
+def reference_row(rows) -> dict | None:
+    """The targets' reference: the teacher's best DPM-Solver++(2M) row at >= 20 calls, or None."""
+    return min((r for r in rows if r["model"] == "teacher" and r["solver"] == "dpm++2m" and r["nfe"] >= 20),
+               key=lambda r: r["fd"], default=None)
+
+
 GUIDANCE_KEYS = ("guidance", "guidance_interval")  # the teacher's guidance settings (rows of several may combine)
 
 
@@ -245,7 +254,7 @@ def main(argv=None) -> int:
                     rows.append(r)
 
     dpm = [r for r in rows if r["model"] == "teacher" and r["solver"] == "dpm++2m"]
-    ref_row = min((r for r in dpm if r["nfe"] >= 20), key=lambda r: r["fd"], default=None)
+    ref_row = reference_row(rows)
     ref = ref_row["fd"] if ref_row else None
     best = min(dpm, key=lambda d: (d["fd"], d["ms_per_sample"]), default=None)  # the teacher's best setting
     lines = [f"# Consistency benchmark: {dataset}", "",
@@ -283,8 +292,8 @@ def main(argv=None) -> int:
         lines += ["", f"Targets (teacher reference: best DPM-Solver++ FD at >= 20 calls = {ref:.4f}, "
                       f"{ref_row['nfe']} calls{_cfg(ref_row)}):"]
         for r in rows:
-            if r["model"] != "teacher" and r["nfe"] in (1, 2) and "t_mid" not in r:
-                limit = 1.5 if r["nfe"] == 1 else 1.1
+            if r["model"] != "teacher" and r["nfe"] in TARGETS and "t_mid" not in r:
+                limit = TARGETS[r["nfe"]]
                 ok = r["fd"] <= limit * ref
                 lines.append(f"- {r['model']} {r['nfe']}-step: FD {r['fd']:.4f} = {r['fd'] / ref:.2f}x teacher "
                              f"(target <= {limit}x): {'met' if ok else 'NOT met'}; speed-up at equal FD "

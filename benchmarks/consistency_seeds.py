@@ -25,11 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 from pathlib import Path
 
-TARGETS = {1: 1.5, 2: 1.1}  # the consistency issue's FD-ratio targets by step count
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from consistency import TARGETS, reference_row  # noqa: E402
+
 SAME_RUN = 1e-3  # relative FD difference allowed between two runs of the same row on the same seed
 
 
@@ -58,14 +61,8 @@ def per_seed_rows(runs) -> tuple[dict, dict]:
             if len(fds) != len(setting["seeds"]):
                 raise ValueError(f"{path}: a {r['model']} row has {len(fds)} FDs for the seeds {setting['seeds']}")
             for seed, fd in zip(setting["seeds"], fds):
-                by_seed.setdefault(seed, []).append({**r, "fd": fd, "source": str(path)})
+                by_seed.setdefault(seed, []).append({**r, "fd": fd})
     return common or {}, by_seed
-
-
-def reference(rows) -> dict | None:
-    """The teacher's best DPM-Solver++(2M) row at >= 20 calls (the targets' reference), or None."""
-    return min((r for r in rows if r["model"] == "teacher" and r["solver"] == "dpm++2m" and r["nfe"] >= 20),
-               key=lambda r: r["fd"], default=None)
 
 
 def student_fd(rows, labels, steps, seed) -> float | None:
@@ -85,7 +82,7 @@ def pool(by_seed, labels, steps_list, seeds) -> dict:
         rows = by_seed.get(seed)
         if not rows:
             raise ValueError(f"no run has noise seed {seed} (runs have {sorted(by_seed)})")
-        ref = reference(rows)
+        ref = reference_row(rows)
         if ref is None:
             raise ValueError(f"seed {seed}: no teacher DPM-Solver++(2M) row at >= 20 calls")
         entry = {"ref_fd": ref["fd"], "ref_nfe": ref["nfe"],
@@ -156,10 +153,11 @@ def main(argv=None) -> int:
             runs.append((path, rows))
         setting, by_seed = per_seed_rows(runs)
         seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else sorted(by_seed)
-        result = pool(by_seed, args.student.split(","), steps_list, seeds)
+        labels = args.student.split(",")
+        result = pool(by_seed, labels, steps_list, seeds)
     except ValueError as e:
         raise SystemExit(f"consistency_seeds: {e}")
-    text = table(result, args.student.split(",")[0], steps_list, setting)
+    text = table(result, labels[0], steps_list, setting)
     print(text)
     if args.out:
         out = Path(args.out)
